@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class AuthEventKind(models.TextChoices):
+    LOGIN = "login", "login"
+    LOGIN_FAILED = "login_failed", "failed login"
+    LOGOUT = "logout", "logout"
+    OTP_FAILED = "otp_failed", "failed second factor"
+    OTP_ENROLLED = "otp_enrolled", "second factor enrolled"
+    ADMIN_IP_DENIED = "admin_ip_denied", "console refused for IP"
+
+
+class AuthEvent(models.Model):
+    """Sign-in activity, kept beside django-auditlog's record of config changes."""
+
+    kind = models.CharField(max_length=20, choices=AuthEventKind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    detail = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "sign-in event"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind} {self.username}"

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from bots.fields import EncryptedTextField
+from bots.platforms import Platform, validate_extra
+from bots.validators import validate_cidr, validate_cidr_list
+
+
+class Bot(models.Model):
+    """One bot app on one platform: its credentials and how it answers."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    platform = models.CharField(max_length=20, choices=Platform.choices)
+    enabled = models.BooleanField(default=True)
+
+    app_id = models.CharField(
+        "App ID", max_length=200, blank=True,
+        help_text="AppID / CorpID / AppKey / client id, as the platform calls it.",
+    )
+    app_secret = EncryptedTextField(help_text="AppSecret / CorpSecret / signing secret.")
+    token = EncryptedTextField(help_text="Callback token / verification token / bot token.")
+    encoding_aes_key = EncryptedTextField(
+        "EncodingAESKey", help_text="EncodingAESKey (WeCom, WeChat) or Encrypt Key (Feishu)."
+    )
+    api_base_url = models.URLField(
+        "API base URL", blank=True,
+        help_text="Override the platform's API host (e.g. https://open.larksuite.com for Lark).",
+    )
+    extra = models.JSONField(default=dict, blank=True, help_text="Platform-specific settings.")
+    allowed_ips = models.JSONField(
+        "source IP allowlist", default=list, blank=True, validators=[validate_cidr_list],
+        help_text="CIDRs the platform calls from; empty allows any source.",
+    )
+    rate_limit_qps = models.FloatField(
+        "rate limit (messages/s)", default=10.0, validators=[MinValueValidator(0.1)]
+    )
+    system_prompt = models.TextField(blank=True)
+    default_backend = models.ForeignKey(
+        "routing.ModelBackend", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="default_for_bots",
+    )
+    context_ttl = models.PositiveIntegerField(
+        "context TTL (s)", default=1800, validators=[MinValueValidator(1)]
+    )
+    max_context_turns = models.PositiveIntegerField(default=10, validators=[MinValueValidator(0)])
+    require_mention_in_groups = models.BooleanField(
+        default=True, help_text="In group chats, answer only when the bot is @mentioned."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        validate_extra(self.platform, self.extra)
+
+    @property
+    def callback_path(self) -> str:
+        return f"/callback/{self.platform}/{self.uuid}/"
+
+
+class ApiKeyScope(models.TextChoices):
+    CHAT = "chat", "chat: call the dialog API"
+    AUDIT_READ = "audit:read", "audit:read: export the audit log"
+
+
+def default_api_key_expiry():
+    return timezone.now() + timedelta(days=90)
+
+
+class ApiKey(models.Model):
+    """A key for the HTTP API. Only a hash is stored; the key is shown once, at creation."""
+
+    PREFIX_LENGTH = 8
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list, blank=True)
+    allowed_cidrs = models.JSONField(default=list, blank=True, validators=[validate_cidr_list])
+    expires_at = models.DateTimeField(default=default_api_key_expiry)
+    revoked = models.BooleanField(default=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        # The key carries 256 random bits, so a plain digest is enough: there is nothing
+        # for a slow password hash to protect against.
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def issue(cls, **fields) -> tuple[ApiKey, str]:
+        """Create a key; return the row and the only copy of the key in clear."""
+        prefix = secrets.token_hex(cls.PREFIX_LENGTH // 2)
+        key = f"sb_{prefix}_{secrets.token_urlsafe(32)}"
+        row = cls.objects.create(prefix=prefix, key_hash=cls.hash_key(key), **fields)
+        return row, key
+
+    def clean(self) -> None:
+        unknown = [s for s in self.scopes if s not in ApiKeyScope.values]
+        if unknown:
+            raise ValidationError({"scopes": f"unknown scopes: {', '.join(map(str, unknown))}."})
+
+
+class AdminAccessRule(models.Model):
+    """A network allowed to reach the console, in addition to ADMIN_ALLOWED_CIDRS."""
+
+    cidr = models.CharField("CIDR", max_length=50, validators=[validate_cidr])
+    description = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cidr"]
+
+    def __str__(self) -> str:
+        return self.cidr

@@ -1,0 +1,62 @@
+"""The platforms a bot can live on, and what each one's `extra` settings may hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+
+class Platform(models.TextChoices):
+    FEISHU = "feishu", "Feishu / Lark"
+    WECOM = "wecom", "WeCom (企业微信)"
+    WECHAT_MP = "wechat_mp", "WeChat Official Account (公众号)"
+    DINGTALK = "dingtalk", "DingTalk (钉钉)"
+    SLACK = "slack", "Slack"
+    TELEGRAM = "telegram", "Telegram"
+    WEBHOOK = "webhook", "Generic signed webhook"
+
+
+@dataclass(frozen=True)
+class ExtraField:
+    kind: type
+    required: bool = False
+    help: str = ""
+
+
+# What each platform keeps in Bot.extra beyond the common credential columns.
+EXTRA_SCHEMAS: dict[str, dict[str, ExtraField]] = {
+    Platform.FEISHU: {},
+    Platform.WECOM: {"agent_id": ExtraField(int, True, "AgentId of the self-built app")},
+    Platform.WECHAT_MP: {
+        "customer_service_api": ExtraField(bool, False, "account may call message/custom/send"),
+    },
+    Platform.DINGTALK: {"robot_code": ExtraField(str, False, "robotCode; defaults to the AppKey")},
+    Platform.SLACK: {},
+    Platform.TELEGRAM: {"bot_username": ExtraField(str, False, "@username used for group mentions")},
+    Platform.WEBHOOK: {"outbound_url": ExtraField(str, True, "where replies are POSTed")},
+}
+
+
+def validate_extra(platform: str, extra: object) -> None:
+    """Raise ValidationError naming every problem in a bot's extra settings."""
+    if not isinstance(extra, dict):
+        raise ValidationError({"extra": "must be a JSON object."})
+    schema = EXTRA_SCHEMAS.get(platform, {})
+    problems = []
+    for key, spec in schema.items():
+        if key not in extra:
+            if spec.required:
+                problems.append(f"{key} is required for {platform} ({spec.help}).")
+            continue
+        value = extra[key]
+        # bool is an int in Python; an agent id of `true` is still a mistake.
+        if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
+            problems.append(f"{key} must be of type {spec.kind.__name__}.")
+    for key in extra:
+        if key not in schema:
+            allowed = ", ".join(schema) or "nothing"
+            problems.append(f"{key} is not a setting of {platform} (allowed: {allowed}).")
+    if problems:
+        raise ValidationError({"extra": problems})

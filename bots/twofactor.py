@@ -1,0 +1,227 @@
+"""Console sign-in: password first, then a TOTP code, or first-time TOTP enrollment.
+
+The password step does not log the user in. It only remembers, for a few minutes, which
+account proved its password; the session becomes authenticated and OTP-verified together,
+so no request ever runs as a half-signed-in staff user.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from base64 import b32encode
+from urllib.parse import urlencode
+
+import qrcode
+import qrcode.image.svg
+from django import forms
+from django.contrib import admin
+from django.contrib.auth import authenticate, get_user_model, login
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django_otp import devices_for_user, user_has_device, verify_token
+from django_otp import login as otp_login
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.events import record_auth_event
+from audit.models import AuthEventKind
+
+PENDING_KEY = "switchboard_2fa_pending"
+PENDING_SECONDS = 600
+MAX_CODE_FAILURES = 5
+BACKUP_CODES_KEY = "switchboard_new_backup_codes"
+BACKUP_CODE_COUNT = 10
+
+app_name = "twofactor"
+
+
+class PasswordForm(forms.Form):
+    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}))
+    password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+
+class CodeForm(forms.Form):
+    code = forms.CharField(
+        label="Code", max_length=16,
+        widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
+
+    def clean_code(self) -> str:
+        return self.cleaned_data["code"].replace(" ", "").strip()
+
+
+def _next_url(request: HttpRequest) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse("admin:index")
+
+
+def _with_next(name: str, request: HttpRequest) -> str:
+    return f"{reverse(name)}?{urlencode({'next': _next_url(request)})}"
+
+
+def _pending_user(request: HttpRequest):
+    pending = request.session.get(PENDING_KEY)
+    if not pending or time.time() - pending["at"] > PENDING_SECONDS:
+        request.session.pop(PENDING_KEY, None)
+        return None
+    return get_user_model().objects.filter(pk=pending["user_id"], is_active=True, is_staff=True).first()
+
+
+def _context(request: HttpRequest, **extra) -> dict:
+    return {**admin.site.each_context(request), "next": _next_url(request), **extra}
+
+
+def _finish_login(request: HttpRequest, user, device) -> None:
+    backend = request.session[PENDING_KEY]["backend"]
+    request.session.pop(PENDING_KEY, None)
+    login(request, user, backend=backend)
+    otp_login(request, device)
+
+
+@sensitive_post_parameters("password")
+@csrf_protect
+@never_cache
+def login_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated and request.user.is_verified() and request.user.is_staff:
+        return redirect(_next_url(request))
+    form = PasswordForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        user = authenticate(
+            request, username=form.cleaned_data["username"], password=form.cleaned_data["password"]
+        )
+        if user is None:
+            error = "That user name and password do not match."
+        elif not (user.is_active and user.is_staff):
+            record_auth_event(AuthEventKind.LOGIN_FAILED, request, user=user, detail="not a staff account")
+            error = "This account has no access to the console."
+        else:
+            request.session.cycle_key()
+            request.session[PENDING_KEY] = {"user_id": user.pk, "at": time.time(), "backend": user.backend, "failures": 0}
+            if user_has_device(user, confirmed=True):
+                return redirect(_with_next("twofactor:verify", request))
+            return redirect(_with_next("twofactor:enroll", request))
+    return render(request, "twofactor/login.html", _context(request, form=form, error=error, title="Sign in"))
+
+
+def _code_failed(request: HttpRequest, user, detail: str) -> str:
+    record_auth_event(AuthEventKind.OTP_FAILED, request, user=user, detail=detail)
+    pending = request.session[PENDING_KEY]
+    pending["failures"] += 1
+    request.session[PENDING_KEY] = pending
+    if pending["failures"] >= MAX_CODE_FAILURES:
+        request.session.pop(PENDING_KEY, None)
+        return "too many wrong codes"
+    return ""
+
+
+@sensitive_post_parameters("code")
+@csrf_protect
+@never_cache
+def verify_view(request: HttpRequest) -> HttpResponse:
+    user = _pending_user(request)
+    if user is None:
+        return redirect(_with_next("twofactor:login", request))
+    if not user_has_device(user, confirmed=True):
+        return redirect(_with_next("twofactor:enroll", request))
+    form = CodeForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        code = form.cleaned_data["code"]
+        device = next(
+            (d for d in devices_for_user(user) if verify_token(user, d.persistent_id, code)), None
+        )
+        if device is not None:
+            _finish_login(request, user, device)
+            return redirect(_next_url(request))
+        if _code_failed(request, user, "wrong code at sign-in"):
+            return redirect(_with_next("twofactor:login", request))
+        error = "That code is not valid. Use the current code from your app, or a backup code."
+    return render(request, "twofactor/verify.html", _context(request, form=form, error=error, title="Second factor"))
+
+
+def _qr_svg(data: str) -> str:
+    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, box_size=8, border=2)
+    return image.to_string(encoding="unicode")
+
+
+def _issue_backup_codes(user) -> list[str]:
+    device, _ = StaticDevice.objects.get_or_create(user=user, name="backup codes")
+    device.token_set.all().delete()
+    codes = [secrets.token_hex(4) for _ in range(BACKUP_CODE_COUNT)]
+    StaticToken.objects.bulk_create([StaticToken(device=device, token=code) for code in codes])
+    return codes
+
+
+@sensitive_post_parameters("code")
+@csrf_protect
+@never_cache
+def enroll_view(request: HttpRequest) -> HttpResponse:
+    user = _pending_user(request)
+    if user is None:
+        return redirect(_with_next("twofactor:login", request))
+    if user_has_device(user, confirmed=True):
+        return redirect(_with_next("twofactor:verify", request))
+    # Keep one unconfirmed device, so reloading the page does not change the QR code.
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("id").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
+    form = CodeForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        if device.verify_token(form.cleaned_data["code"]):
+            with transaction.atomic():
+                device.confirmed = True
+                device.save(update_fields=["confirmed"])
+                codes = _issue_backup_codes(user)
+            record_auth_event(AuthEventKind.OTP_ENROLLED, request, user=user)
+            _finish_login(request, user, device)
+            request.session[BACKUP_CODES_KEY] = codes
+            return redirect(_with_next("twofactor:backup_codes", request))
+        if _code_failed(request, user, "wrong code at enrollment"):
+            return redirect(_with_next("twofactor:login", request))
+        error = "That code does not match. Check the time on your phone and try the next code."
+    secret = b32encode(device.bin_key).decode("ascii")
+    context = _context(
+        request, form=form, error=error, title="Set up two-factor sign-in",
+        qr_svg=_qr_svg(device.config_url),
+        manual_key=" ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
+        username=user.get_username(),
+    )
+    return render(request, "twofactor/enroll.html", context)
+
+
+@never_cache
+@login_required(login_url="twofactor:login")
+def backup_codes_view(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_verified():
+        return redirect(_with_next("twofactor:login", request))
+    if request.method == "POST":
+        request.session[BACKUP_CODES_KEY] = _issue_backup_codes(request.user)
+        return redirect(_with_next("twofactor:backup_codes", request))
+    codes = request.session.pop(BACKUP_CODES_KEY, None)
+    remaining = StaticToken.objects.filter(device__user=request.user).count()
+    return render(
+        request, "twofactor/backup_codes.html",
+        _context(request, codes=codes, remaining=remaining, title="Backup codes"),
+    )
+
+
+urlpatterns = [
+    path("login/", login_view, name="login"),
+    path("verify/", verify_view, name="verify"),
+    path("enroll/", enroll_view, name="enroll"),
+    path("backup-codes/", backup_codes_view, name="backup_codes"),
+]

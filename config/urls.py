@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from bots import twofactor
+from config import health
+
+urlpatterns = [
+    path("admin/2fa/", include(twofactor)),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]

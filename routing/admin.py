@@ -1,0 +1,18 @@
+from django.contrib import admin
+
+from bots.secret_forms import SecretFieldsAdminMixin
+from routing.models import ModelBackend, RoutingRule
+
+
+@admin.register(ModelBackend)
+class ModelBackendAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "kind", "model", "base_url", "timeout", "enabled"]
+    list_filter = ["kind", "enabled"]
+    search_fields = ["name", "model"]
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "bot", "priority", "match", "pattern", "backend", "fallback_backend", "enabled"]
+    list_filter = ["match", "enabled", "bot"]
+    list_select_related = ["bot", "backend", "fallback_backend"]
