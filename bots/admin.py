@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from bots.models import AdminAccessRule, ApiKey, Bot
@@ -32,6 +32,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["revoked"]
     readonly_fields = ["prefix", "last_used_at", "last_used_ip", "created_at"]
     exclude = ["key_hash"]
+
+    def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        if not change:
+            key = obj.assign_new_key()
+            # The only time the key exists in clear: the database keeps its hash.
+            messages.warning(request, f"API key for {obj.name}: {key} — copy it now, it will not be shown again.")
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(AdminAccessRule)

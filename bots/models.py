@@ -111,12 +111,19 @@ class ApiKey(models.Model):
         # for a slow password hash to protect against.
         return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
+    def assign_new_key(self) -> str:
+        """Give this (unsaved) row a fresh key; return the only copy of it in clear."""
+        self.prefix = secrets.token_hex(self.PREFIX_LENGTH // 2)
+        key = f"sb_{self.prefix}_{secrets.token_urlsafe(32)}"
+        self.key_hash = self.hash_key(key)
+        return key
+
     @classmethod
     def issue(cls, **fields) -> tuple[ApiKey, str]:
         """Create a key; return the row and the only copy of the key in clear."""
-        prefix = secrets.token_hex(cls.PREFIX_LENGTH // 2)
-        key = f"sb_{prefix}_{secrets.token_urlsafe(32)}"
-        row = cls.objects.create(prefix=prefix, key_hash=cls.hash_key(key), **fields)
+        row = cls(**fields)
+        key = row.assign_new_key()
+        row.save()
         return row, key
 
     def clean(self) -> None:

@@ -181,6 +181,7 @@ STORAGES = {
 }
 
 LOGIN_URL = "twofactor:login"
+FORMS_URLFIELD_ASSUME_HTTPS = True
 
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Switchboard")
 
