@@ -223,4 +223,6 @@ LOGGING = {
 
 # Limits of the callback path.
 CALLBACK_MAX_BODY_BYTES = env_int("CALLBACK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+# How far a callback's timestamp may be from our clock, and how long nonces are kept.
+CALLBACK_TIMESTAMP_WINDOW = env_int("CALLBACK_TIMESTAMP_WINDOW", 300, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CALLBACK_MAX_BODY_BYTES

@@ -7,6 +7,7 @@ from config import health
 urlpatterns = [
     path("admin/2fa/", include(twofactor)),
     path("admin/", admin.site.urls),
+    path("", include("channels_app.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]

@@ -1,0 +1,82 @@
+"""The contract every platform adapter fulfils: verify → handshake → parse → ack, and send.
+
+An adapter instance lives for one request (or one send), so `verify` may keep what it
+decoded (a decrypted payload) for `parse` to use.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import httpx
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from bots.models import Bot
+from channels_app import replay
+from channels_app.errors import ReplayedRequest, StaleRequest
+from channels_app.message import OutboundReply, ParsedMessage
+
+
+class Adapter(ABC):
+    #: the Bot.platform value this adapter serves
+    platform: ClassVar[str]
+    #: the platform's API host when the bot does not override it (Bot.api_base_url)
+    default_api_base: ClassVar[str] = ""
+    #: the longest text one sent message may carry, and whether the platform counts
+    #: characters or UTF-8 bytes; longer replies are split, never cut
+    max_reply_length: ClassVar[int] = 4000
+    length_unit: ClassVar[Literal["chars", "bytes"]] = "chars"
+    #: sends per second when the bot sets no rate limit of its own
+    default_rate_limit_qps: ClassVar[float] = 10.0
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.claimed_nonce: str | None = None
+
+    # -- inbound -----------------------------------------------------------------------
+
+    @abstractmethod
+    def verify(self, request: HttpRequest) -> None:
+        """Prove the request comes from the platform (signature, timestamp, nonce).
+        Raise a CallbackError subclass otherwise."""
+
+    def handshake(self, request: HttpRequest) -> HttpResponse | None:
+        """Answer a URL-verification request, or return None if this is not one."""
+        return None
+
+    @abstractmethod
+    def parse(self, request: HttpRequest) -> ParsedMessage | None:
+        """Turn a verified request into a message; None for events we only acknowledge."""
+
+    def ack(self, request: HttpRequest, message: ParsedMessage | None) -> HttpResponse:
+        """What the platform gets once the message is safely recorded."""
+        return HttpResponse(b"", content_type="text/plain")
+
+    # -- outbound ----------------------------------------------------------------------
+
+    @abstractmethod
+    def send(self, reply: OutboundReply, http: httpx.Client) -> None:
+        """Deliver one reply part through the platform's API; raise TransportError."""
+
+    @property
+    def api_base(self) -> str:
+        return (self.bot.api_base_url or self.default_api_base).rstrip("/")
+
+    # -- shared checks -----------------------------------------------------------------
+
+    def check_timestamp(self, timestamp_seconds: float) -> None:
+        window = settings.CALLBACK_TIMESTAMP_WINDOW
+        skew = abs(time.time() - timestamp_seconds)
+        if skew > window:
+            raise StaleRequest(f"timestamp is {skew:.0f} s away from our clock (window {window} s)")
+
+    def claim_nonce(self, nonce: str) -> None:
+        """Refuse a nonce seen within the timestamp window. The view releases the claim
+        if the request then fails, so the platform's retry of it is not refused."""
+        key = f"{self.bot.uuid}:{nonce}"
+        if not replay.claim(key, settings.CALLBACK_TIMESTAMP_WINDOW):
+            raise ReplayedRequest(f"nonce {nonce[:40]!r} was already used")
+        self.claimed_nonce = key
