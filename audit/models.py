@@ -10,6 +10,7 @@ class AuthEventKind(models.TextChoices):
     LOGOUT = "logout", "logout"
     OTP_FAILED = "otp_failed", "failed second factor"
     OTP_ENROLLED = "otp_enrolled", "second factor enrolled"
+    OTP_RESET = "otp_reset", "second factor reset by an operator"
     ADMIN_IP_DENIED = "admin_ip_denied", "console refused for IP"
 
 

@@ -7,6 +7,7 @@ so no request ever runs as a half-signed-in staff user.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from base64 import b32encode
@@ -22,6 +23,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
@@ -140,20 +142,40 @@ def verify_view(request: HttpRequest) -> HttpResponse:
     error = ""
     if request.method == "POST" and form.is_valid():
         code = form.cleaned_data["code"]
-        device = next(
-            (d for d in devices_for_user(user) if verify_token(user, d.persistent_id, code)), None
-        )
-        if device is not None:
+        # An app code goes to the app, a backup code to the backup codes: trying one on
+        # the other would count as a wrong code there and pause that device.
+        kind = TOTPDevice if code.isdigit() and len(code) == 6 else StaticDevice
+        devices = [d for d in devices_for_user(user) if isinstance(d, kind)]
+        wait = _throttle_seconds(devices)
+        device = None
+        if not wait:
+            device = next((d for d in devices if verify_token(user, d.persistent_id, code)), None)
+        if wait:
+            # django-otp pauses a device after a wrong code; a code typed during the pause
+            # would be refused whatever it is, so say so instead of calling it wrong.
+            error = f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+        elif device is not None:
             _finish_login(request, user, device)
             return redirect(_next_url(request))
-        if _code_failed(request, user, "wrong code at sign-in"):
+        elif _code_failed(request, user, "wrong code at sign-in"):
             return redirect(_with_next("twofactor:login", request))
-        error = "That code is not valid. Use the current code from your app, or a backup code."
+        else:
+            error = "That code is not valid. Use the current code from your app, or a backup code."
     return render(request, "twofactor/verify.html", _context(request, form=form, error=error, title="Second factor"))
 
 
+def _throttle_seconds(devices) -> int:
+    """Seconds until every one of these devices accepts a code again (0: now)."""
+    waits = []
+    for device in devices:
+        allowed, data = device.verify_is_allowed()
+        if not allowed and data and data.get("locked_until"):
+            waits.append(math.ceil((data["locked_until"] - timezone.now()).total_seconds()))
+    return max([0, *waits])
+
+
 def _qr_svg(data: str) -> str:
-    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, box_size=8, border=2)
+    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, box_size=8, border=4)
     return image.to_string(encoding="unicode")
 
 
@@ -180,9 +202,15 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
         device = TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
     form = CodeForm(request.POST or None)
     error = ""
-    if request.method == "POST" and form.is_valid():
-        if device.verify_token(form.cleaned_data["code"]):
+    wait = _throttle_seconds([device])
+    if request.method == "POST" and form.is_valid() and wait:
+        error = f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+    elif request.method == "POST" and form.is_valid():
+        # verify_token locks the device row, so two simultaneous posts of one code
+        # cannot both confirm it.
+        if verify_token(user, device.persistent_id, form.cleaned_data["code"]):
             with transaction.atomic():
+                device.refresh_from_db()
                 device.confirmed = True
                 device.save(update_fields=["confirmed"])
                 codes = _issue_backup_codes(user)

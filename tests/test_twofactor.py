@@ -336,6 +336,7 @@ def test_too_many_wrong_codes_require_the_password_again(client, staff_user, tot
     for _ in range(MAX_CODE_FAILURES - 1):
         response = client.post(VERIFY, {"code": wrong})
         assert response.status_code == 200 and b"That code is not valid" in response.content
+        wait_out_throttle(totp_device)
     assert location(client.post(VERIFY, {"code": wrong})) == f"{LOGIN}?next=%2Fadmin%2F"
     assert len(events(AuthEventKind.OTP_FAILED, user=staff_user)) == MAX_CODE_FAILURES
 
@@ -343,6 +344,26 @@ def test_too_many_wrong_codes_require_the_password_again(client, staff_user, tot
     wait_out_throttle(totp_device)
     assert location(client.post(VERIFY, {"code": fresh_code(totp_device)})).startswith(LOGIN)
     assert not is_verified_console(client)
+
+
+def test_a_paused_device_says_how_long_to_wait_and_keeps_counting_fair(client, staff_user, totp_device):
+    client.post(LOGIN, {"username": staff_user.username, "password": PASSWORD})
+    client.post(VERIFY, {"code": code_not_accepted_by(totp_device)})
+    # Right code, but inside django-otp's pause after a failure: told to wait, not "wrong".
+    response = client.post(VERIFY, {"code": fresh_code(totp_device)})
+    assert b"Too many wrong codes. Wait 1 second and try again." in response.content
+    assert len(events(AuthEventKind.OTP_FAILED, user=staff_user)) == 1
+    wait_out_throttle(totp_device)
+    assert location(client.post(VERIFY, {"code": fresh_code(totp_device)})) == "/admin/"
+
+
+def test_a_backup_code_does_not_pause_the_authenticator_app(client, staff_user, totp_device):
+    backup = StaticDevice.objects.create(user=staff_user, name="backup codes")
+    backup.token_set.create(token="a1b2c3d4")
+    client.post(LOGIN, {"username": staff_user.username, "password": PASSWORD})
+    assert location(client.post(VERIFY, {"code": "a1b2c3d4"})) == "/admin/"
+    totp_device.refresh_from_db()
+    assert totp_device.throttling_failure_count == 0
 
 
 @pytest.mark.parametrize("evil", ["https://evil.example/", "//evil.example/", "/\\evil.example/", "http:evil.example"])
@@ -409,6 +430,8 @@ def test_reset_2fa_removes_the_devices_and_sends_the_user_to_enrollment(console,
     assert not StaticDevice.objects.filter(user=staff_user).exists()
     assert not StaticToken.objects.filter(token="abcd1234").exists()
     assert list(TOTPDevice.objects.all()) == [others_device]
+    [reset] = events(AuthEventKind.OTP_RESET)
+    assert reset.user == staff_user and reset.detail == "manage.py reset_2fa"
 
     # The session verified with the lost phone no longer opens the console.
     assert not is_verified_console(console)

@@ -12,6 +12,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django_otp import devices_for_user
 
+from audit.events import record_auth_event
+from audit.models import AuthEventKind
+
 
 class Command(BaseCommand):
     help = "Delete a user's OTP devices (authenticator app and backup codes) so they enroll again."
@@ -33,6 +36,7 @@ class Command(BaseCommand):
             devices = list(devices_for_user(user, confirmed=None))
             for device in devices:
                 device.delete()
+            record_auth_event(AuthEventKind.OTP_RESET, None, user=user, detail="manage.py reset_2fa")
         if devices:
             names = ", ".join(sorted(f"{type(d)._meta.verbose_name} {d.name!r}" for d in devices))
             self.stdout.write(
