@@ -1,0 +1,94 @@
+"""Shared fixtures (loaded for the whole repository by the root conftest.py): users with real TOTP devices, an OTP-verified console client, bots,
+and clean-up of the Redis keys this test run made (and only those)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+PASSWORD = "a long test password 42"
+
+
+def totp_code(device: TOTPDevice, offset_steps: int = 0) -> str:
+    """The code an authenticator app shows now (or offset_steps periods later)."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time() + offset_steps * device.step
+    return f"{totp.token():0{device.digits}d}"
+
+
+def fresh_code(device: TOTPDevice) -> str:
+    """A code that this device has not accepted yet (django-otp refuses a code twice
+    within one time step, as it should), by letting the device forget the last step."""
+    device.refresh_from_db()
+    device.last_t = -1
+    device.save(update_fields=["last_t"])
+    return totp_code(device)
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user(
+        username="alice", password=PASSWORD, is_staff=True, is_superuser=True
+    )
+
+
+@pytest.fixture
+def totp_device(staff_user) -> TOTPDevice:
+    return TOTPDevice.objects.create(user=staff_user, name="phone", confirmed=True)
+
+
+def sign_in(client: Client, username: str, device: TOTPDevice, password: str = PASSWORD, **extra) -> None:
+    """Sign in through the real two-step console login."""
+    response = client.post("/admin/2fa/login/", {"username": username, "password": password}, **extra)
+    assert response.status_code == 302, response.content[:500]
+    response = client.post("/admin/2fa/verify/", {"code": fresh_code(device)}, **extra)
+    assert response.status_code == 302 and "/admin/2fa/" not in response["Location"], response.content[:500]
+
+
+@pytest.fixture
+def console(staff_user, totp_device) -> Client:
+    """A browser-like client signed in to the console with password and TOTP."""
+    client = Client()
+    sign_in(client, staff_user.username, totp_device)
+    return client
+
+
+@pytest.fixture
+def backend(db):
+    from routing.models import ModelBackend
+
+    return ModelBackend.objects.create(name="echo", kind="echo")
+
+
+@pytest.fixture
+def make_bot(db):
+    from bots.models import Bot
+
+    def make(**fields) -> Bot:
+        fields.setdefault("name", f"bot-{Bot.objects.count() + 1}")
+        fields.setdefault("platform", "wecom")
+        fields.setdefault("extra", {"agent_id": 1000002} if fields["platform"] == "wecom" else {})
+        return Bot.objects.create(**fields)
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_redis_keys_of_this_run():
+    yield
+    from django_redis import get_redis_connection
+
+    try:
+        redis = get_redis_connection("default")
+        prefix = settings.CACHES["default"]["KEY_PREFIX"]
+        for pattern in (f"{prefix}:*", f"*{os.environ['CELERY_TASK_DEFAULT_QUEUE']}*"):
+            for key in redis.scan_iter(match=pattern, count=500):
+                redis.delete(key)
+    except Exception as exc:  # clean-up must not turn a green run red
+        print(f"warning: could not clean this run's Redis keys: {exc}")
