@@ -33,6 +33,8 @@ class InboundMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     reply_text = models.TextField(blank=True)
+    parts_sent = models.PositiveIntegerField(default=0, help_text="reply parts already delivered")
+    route = models.CharField(max_length=300, blank=True, help_text="which routing rule chose the backend")
     backend = models.ForeignKey(
         "routing.ModelBackend", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

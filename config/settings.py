@@ -40,6 +40,17 @@ SWITCHBOARD_SECRET_KEYS = secret_or_generated(
     PRODUCTION,
     lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
 )
+# A malformed key ring stops start-up here, not at the first secret a worker reads.
+for _position, _item in enumerate(SWITCHBOARD_SECRET_KEYS.split(","), start=1):
+    try:
+        _key_bytes = len(base64.b64decode(_item.strip(), validate=True))
+    except ValueError:
+        _key_bytes = 0
+    if _item.strip() and _key_bytes != 32:
+        raise ImproperlyConfigured(
+            f"SWITCHBOARD_SECRET_KEYS entry {_position} is not a base64-encoded 32-byte key. Make one with: "
+            "python3 -c \"import base64,os; print(base64.b64encode(os.urandom(32)).decode())\""
+        )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1]")
 if PRODUCTION and not ALLOWED_HOSTS:
@@ -226,3 +237,16 @@ CALLBACK_MAX_BODY_BYTES = env_int("CALLBACK_MAX_BODY_BYTES", 1024 * 1024, minimu
 # How far a callback's timestamp may be from our clock, and how long nonces are kept.
 CALLBACK_TIMESTAMP_WINDOW = env_int("CALLBACK_TIMESTAMP_WINDOW", 300, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CALLBACK_MAX_BODY_BYTES
+
+# The outbox: when the sweeper re-queues a message, and how long finished rows are kept.
+OUTBOX_RECEIVED_AFTER = env_int("OUTBOX_RECEIVED_AFTER", 60, minimum=1)
+OUTBOX_STUCK_AFTER = env_int("OUTBOX_STUCK_AFTER", 300, minimum=1)
+OUTBOX_SWEEP_INTERVAL = env_int("OUTBOX_SWEEP_INTERVAL", 30, minimum=1)
+OUTBOX_SWEEP_BATCH = env_int("OUTBOX_SWEEP_BATCH", 500, minimum=1)
+OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-outbox": {"task": "routing.tasks.sweep_outbox", "schedule": float(OUTBOX_SWEEP_INTERVAL)},
+}
+# An unacknowledged task returns to the queue after this long (a worker killed with
+# kill -9 never acknowledges); it must exceed the longest task.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}

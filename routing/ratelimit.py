@@ -31,7 +31,8 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(tat, now)
-redis.call('SET', KEYS[1], string.format('%d', slot + interval), 'PX', string.format('%d', slot + interval - now + 1000))
+local next_free = slot + interval
+redis.call('SET', KEYS[1], string.format('%d', next_free), 'PX', string.format('%d', next_free - now + 1000))
 return slot - now
 """
 

@@ -36,6 +36,7 @@ class Fault:
     status: int = 500
     body: object = field(default_factory=dict)
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
     # With passthrough, the delay is added and then the normal handler answers.
     passthrough: bool = False
 
@@ -86,7 +87,10 @@ class FakeServer:
         return f"http://{host}:{port}"
 
     def start(self) -> FakeServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.name, daemon=True)
+        # A short poll interval: stop() waits for the serving loop to notice.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -149,7 +153,7 @@ class FakeServer:
         if fault is not None:
             time.sleep(fault.delay)
         if fault is not None and not fault.passthrough:
-            response = Response(fault.status, fault.body)
+            response = Response(fault.status, fault.body, fault.headers)
         else:
             response = self._route(record)
         self._write(handler, response)

@@ -1,0 +1,163 @@
+"""The dialog task and the outbox sweeper.
+
+handle_message is idempotent on the row's status: whoever claims the row (a status
+change done in one UPDATE) does the work; a duplicate delivery of the task, a sweeper
+re-enqueue or a broker redelivery after a crash finds nothing to claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import httpx
+from celery import shared_task
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from channels_app.errors import TransportError
+from channels_app.message import OutboundReply
+from channels_app.models import InboundMessage, MessageStatus
+from channels_app.outbound import split_reply
+from channels_app.registry import adapter_for
+from routing import ratelimit
+from routing.backends import ModelError
+from routing.context import ContextStore
+from routing.dialog import answer
+from routing.engine import NoBackend
+
+logger = logging.getLogger("switchboard.dialog")
+
+MESSAGES_DONE = Counter(
+    "switchboard_messages_total", "Messages by final status", ["platform", "status"]
+)
+SEND_RETRIES = Counter("switchboard_send_retries_total", "Reply sends retried", ["platform"])
+SWEPT = Counter("switchboard_outbox_requeued_total", "Outbox rows re-queued by the sweeper", ["status"])
+
+_http: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per worker process (created after the fork)."""
+    global _http
+    if _http is None:
+        _http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
+    return _http
+
+
+def _claim(message_id: int, acked_ms: float | None) -> bool:
+    stuck_before = timezone.now() - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
+    updates = {"status": MessageStatus.PROCESSING, "started_at": timezone.now(), "attempts": F("attempts") + 1}
+    if acked_ms is not None:
+        updates["acked_ms"] = acked_ms
+    return bool(
+        InboundMessage.objects.filter(pk=message_id)
+        .filter(Q(status=MessageStatus.RECEIVED) | Q(status=MessageStatus.PROCESSING, started_at__lt=stuck_before))
+        .update(**updates)
+    )
+
+
+def _finish(row: InboundMessage, status: str, error: str = "") -> None:
+    row.status = status
+    row.error = error[:2000]
+    fields = ["status", "error"]
+    if status == MessageStatus.REPLIED:
+        row.replied_at = timezone.now()
+        fields.append("replied_at")
+    row.save(update_fields=fields)
+    MESSAGES_DONE.labels(row.bot.platform, status).inc()
+    if status == MessageStatus.FAILED:
+        logger.error("message %s of bot %s failed: %s", row.pk, row.bot.name, error)
+
+
+def _release_for_retry(row: InboundMessage, error: str) -> None:
+    # Back to "received" so the retried task (or the sweeper) can claim it again.
+    InboundMessage.objects.filter(pk=row.pk).update(status=MessageStatus.RECEIVED, error=error[:2000])
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3, ignore_result=True)
+def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
+    if not _claim(message_id, acked_ms):
+        return "not claimed"
+    row = InboundMessage.objects.select_related("bot", "bot__default_backend").get(pk=message_id)
+    bot = row.bot
+    adapter_class = adapter_for(bot.platform)
+    if adapter_class is None:
+        _finish(row, MessageStatus.FAILED, f"no adapter for platform {bot.platform}")
+        return "failed"
+    context = ContextStore()
+
+    if not row.reply_text:
+        try:
+            result = answer(bot, row.chat_id, row.sender_id, row.chat_type, row.text, http_client(), context)
+        except (NoBackend, ModelError) as exc:
+            _finish(row, MessageStatus.FAILED, str(exc))
+            return "failed"
+        row.reply_text = result.text
+        row.backend = result.backend
+        row.model_ms = result.model_ms
+        row.route = result.selection.explanation[:300]
+        row.save(update_fields=["reply_text", "backend", "model_ms", "route"])
+
+    adapter = adapter_class(bot)
+    parts = [p for p in split_reply(row.reply_text, adapter.max_reply_length, adapter.length_unit) if p.strip()]
+    reply_context = (row.raw or {}).get("reply_context", {})
+    started = time.perf_counter()
+    try:
+        for index in range(row.parts_sent, len(parts)):
+            ratelimit.wait_for_slot(bot)
+            adapter.send(
+                OutboundReply(
+                    chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=parts[index],
+                    reply_context=reply_context, idempotency_key=f"sb-{row.pk}-{index}",
+                ),
+                http_client(),
+            )
+            row.parts_sent = index + 1
+            row.save(update_fields=["parts_sent"])
+    except (TransportError, RedisError) as exc:
+        permanent = isinstance(exc, TransportError) and exc.permanent
+        if permanent or self.request.retries >= self.max_retries:
+            _finish(row, MessageStatus.FAILED, f"send: {exc}")
+            return "failed"
+        SEND_RETRIES.labels(bot.platform).inc()
+        _release_for_retry(row, f"send attempt {self.request.retries + 1}: {exc}")
+        retry_after = getattr(exc, "retry_after", None)
+        raise self.retry(countdown=retry_after or 2 ** self.request.retries) from None
+    row.send_ms = (time.perf_counter() - started) * 1000
+    row.save(update_fields=["send_ms"])
+    context.append(bot, row.chat_id, row.sender_id, row.text, row.reply_text)
+    _finish(row, MessageStatus.REPLIED)
+    return "replied"
+
+
+@shared_task(ignore_result=True)
+def sweep_outbox() -> dict[str, int]:
+    """Re-queue messages a lost broker message or a killed worker left behind, and
+    purge finished rows past retention."""
+    now = timezone.now()
+    waiting = InboundMessage.objects.filter(
+        status=MessageStatus.RECEIVED, received_at__lt=now - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER)
+    )
+    stuck = InboundMessage.objects.filter(
+        status=MessageStatus.PROCESSING, started_at__lt=now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
+    )
+    counts = {}
+    for label, queryset in (("received", waiting), ("processing", stuck)):
+        ids = list(queryset.order_by("received_at").values_list("pk", flat=True)[: settings.OUTBOX_SWEEP_BATCH])
+        for message_id in ids:
+            handle_message.delay(message_id)
+        SWEPT.labels(label).inc(len(ids))
+        counts[label] = len(ids)
+    purged, _ = InboundMessage.objects.filter(
+        status__in=[MessageStatus.REPLIED, MessageStatus.FAILED, MessageStatus.IGNORED],
+        received_at__lt=now - timedelta(days=settings.OUTBOX_RETENTION_DAYS),
+    ).delete()
+    counts["purged"] = purged
+    if counts["received"] or counts["processing"]:
+        logger.warning("outbox sweeper re-queued %s", counts)
+    return counts
