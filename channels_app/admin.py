@@ -7,7 +7,9 @@ from channels_app.models import InboundMessage
 class InboundMessageAdmin(admin.ModelAdmin):
     """The delivery log: read-only, written by callbacks and the dialog task."""
 
-    list_display = ["received_at", "bot", "platform_message_id", "chat_type", "status", "attempts", "acked_ms", "backend"]
+    list_display = [
+        "received_at", "bot", "platform_message_id", "chat_type", "status", "attempts", "acked_ms", "backend",
+    ]
     list_filter = ["status", "bot", "chat_type"]
     search_fields = ["platform_message_id", "chat_id", "sender_id"]
     date_hierarchy = "received_at"

@@ -18,7 +18,7 @@ from bots.validators import ip_in_cidrs
 from channels_app import replay
 from channels_app.errors import CallbackError
 from channels_app.message import ParsedMessage
-from channels_app.models import InboundMessage, MessageStatus
+from channels_app.models import InboundMessage
 from channels_app.registry import adapter_for
 from config.clientip import client_ip
 
@@ -47,9 +47,9 @@ def _refuse(platform: str, status: int, outcome: str, message: str, *log_args) -
 
 
 def _enqueue(message_id: int, acked_ms: float) -> None:
-    from routing.tasks import handle_message
-
     try:
+        from routing.tasks import handle_message
+
         handle_message.delay(message_id, acked_ms)
     except Exception as exc:  # broker down: the row is safe; the sweeper queues it later
         ENQUEUE_FAILED.inc()

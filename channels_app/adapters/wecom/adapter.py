@@ -1,0 +1,280 @@
+"""WeCom (企业微信) self-built app: encrypted XML callbacks in, message/send out.
+
+Inbound: every callback is signed (msg_signature over Token, timestamp, nonce and the
+ciphertext) and AES-encrypted for the CorpID. A GET is the URL verification the admin
+console sends on "save"; a POST carries one message or event. WeCom treats an empty
+200 as "no passive reply", which is what we answer: the reply goes out later through
+the send API, because the model rarely answers within WeCom's 5 s.
+
+Outbound: an access token from gettoken (cached in Redis for every worker), then
+message/send with the app's AgentId.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as SafeET
+import httpx
+from defusedxml import DefusedXmlException
+from django.http import HttpRequest, HttpResponse
+
+from bots.models import Bot
+from channels_app.base import Adapter
+from channels_app.crypto import (
+    InvalidEncodingAESKey,
+    MalformedCiphertext,
+    WXBizMsgCrypt,
+    WXBizMsgCryptError,
+    signature_matches,
+)
+from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
+from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.registry import register
+from channels_app.tokens import forget_token, get_token
+from routing.models import ChatType
+
+logger = logging.getLogger("switchboard.adapters.wecom")
+
+# The token is dead (invalid, expired, or revoked); a fresh one fixes it.
+TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
+# WeCom is busy or we went over a frequency limit: the same call later succeeds.
+RETRYABLE_ERRCODES = frozenset({-1, 45009, 45033})
+# What an admin should do about the errcodes a misconfigured bot gets most.
+ERRCODE_HINTS = {
+    40001: "the Secret is wrong (use this app's Secret, not another app's)",
+    40013: "the CorpID (the bot's App ID) is wrong",
+    40056: 'the AgentId in the bot\'s extra {"agent_id": N} is not this app\'s',
+    45002: "the text is longer than WeCom's 2048 bytes",
+    48002: "the app lacks permission for this API",
+    60020: "add this server's public IP to the app's 企业可信IP list in the WeCom admin console",
+    81013: "the user is not in the app's visible range (可见范围)",
+}
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+def _query_params(request: HttpRequest) -> dict[str, str]:
+    """The query string with '+' kept as '+'.
+
+    request.GET turns a literal '+' into a space (form encoding). WeCom percent-encodes
+    the base64 echostr, but a proxy that decodes it once would leave bare '+' signs, and
+    base64 never contains a space, so reading '+' literally is right in both cases.
+    """
+    params: dict[str, str] = {}
+    for pair in request.META.get("QUERY_STRING", "").split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        name = unquote(name)
+        if name in params:
+            # Two values for one signed field: refuse rather than guess which was signed.
+            raise MalformedRequest(f"query parameter {name[:40]!r} appears more than once")
+        params[name] = unquote(value)
+    return params
+
+
+def _parse_xml(data: bytes | str, what: str) -> Element:
+    """Parse XML from outside, refusing DTDs, entities and external references
+    (billion laughs, XXE)."""
+    try:
+        return SafeET.fromstring(data, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise MalformedRequest(f"{what} contains a forbidden XML construct ({type(exc).__name__})") from exc
+    except ParseError as exc:
+        raise MalformedRequest(f"{what} is not well-formed XML: {exc}") from exc
+
+
+def _fields(root: Element) -> dict[str, str]:
+    return {child.tag: child.text or "" for child in root}
+
+
+@register
+class WeComAdapter(Adapter):
+    platform = "wecom"
+    default_api_base = "https://qyapi.weixin.qq.com"
+    max_reply_length = 2048
+    length_unit = "bytes"
+
+    def __init__(self, bot: Bot) -> None:
+        super().__init__(bot)
+        self._echo: str | None = None
+        self._plaintext: str | None = None
+
+    # -- inbound -----------------------------------------------------------------------
+
+    def _crypt(self) -> WXBizMsgCrypt:
+        try:
+            return WXBizMsgCrypt(str(self.bot.encoding_aes_key), str(self.bot.app_id))
+        except InvalidEncodingAESKey as exc:
+            # Our configuration, not the caller's fault; but without a key nothing can be
+            # authenticated, so the request is refused like any other we cannot verify.
+            raise SignatureInvalid(f"this bot's EncodingAESKey is unusable: {exc}") from exc
+
+    def _decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._crypt().decrypt(ciphertext)
+        except MalformedCiphertext as exc:
+            # Signed but structurally impossible: a broken sender, not a wrong key.
+            raise MalformedRequest(f"cannot decrypt: {exc}") from exc
+        except WXBizMsgCryptError as exc:
+            # A wrong EncodingAESKey or a message for another CorpID is an authentication
+            # failure: the request proved knowledge of the Token but not of the key.
+            raise SignatureInvalid(f"cannot decrypt: {exc}") from exc
+
+    def _check_signature(self, params: dict[str, str], signed_value: str) -> None:
+        token = str(self.bot.token)
+        if not token:
+            raise SignatureInvalid("this bot has no callback Token configured")
+        if not self.bot.app_id:
+            raise SignatureInvalid("this bot has no CorpID (App ID) configured")
+        if not signature_matches(params["msg_signature"], token, params["timestamp"], params["nonce"], signed_value):
+            raise SignatureInvalid("msg_signature does not match: the Token in WeCom and in Switchboard differ")
+
+    @staticmethod
+    def _require(params: dict[str, str], *names: str) -> None:
+        missing = [name for name in names if not params.get(name)]
+        if missing:
+            raise MalformedRequest(f"query parameters missing: {', '.join(missing)}")
+        # ASCII digits only, and few of them: int() of a huge digit string is slow or
+        # raises, and no real clock needs more than 12 digits of seconds.
+        if not _TIMESTAMP.fullmatch(params["timestamp"]):
+            raise MalformedRequest("timestamp is not a number of seconds")
+
+    def verify(self, request: HttpRequest) -> None:
+        params = _query_params(request)
+        if request.method == "GET":
+            self._require(params, "msg_signature", "timestamp", "nonce", "echostr")
+            self._check_signature(params, params["echostr"])
+            self.check_timestamp(int(params["timestamp"]))
+            self._echo = self._decrypt(params["echostr"])
+            return
+
+        self._require(params, "msg_signature", "timestamp", "nonce")
+        envelope = _fields(_parse_xml(request.body, "request body"))
+        encrypted = envelope.get("Encrypt", "")
+        if not encrypted:
+            raise MalformedRequest("request body has no Encrypt element")
+        self._check_signature(params, encrypted)
+        self.check_timestamp(int(params["timestamp"]))
+        self._plaintext = self._decrypt(encrypted)
+        # Claimed last, so a request refused for another reason never holds the nonce.
+        self.claim_nonce(params["nonce"])
+
+    def handshake(self, request: HttpRequest) -> HttpResponse | None:
+        if self._echo is None:
+            return None
+        # Bare text, exactly the decrypted bytes: quotes, JSON or a newline fail the
+        # verification in the WeCom console.
+        return HttpResponse(self._echo.encode("utf-8"), content_type="text/plain")
+
+    def parse(self, request: HttpRequest) -> ParsedMessage | None:
+        if self._plaintext is None:
+            raise MalformedRequest("nothing was decrypted for this request")
+        fields = _fields(_parse_xml(self._plaintext, "decrypted message"))
+        if fields.get("MsgType") != "text":
+            # Events (enter_agent, subscribe, …) and media: acknowledged so WeCom stops
+            # re-delivering them, and not answered.
+            return None
+        missing = [name for name in ("MsgId", "FromUserName") if not fields.get(name)]
+        if missing:
+            raise MalformedRequest(f"text message without {', '.join(missing)}")
+        user = fields["FromUserName"]
+        return ParsedMessage(
+            platform_message_id=fields["MsgId"],
+            # An app conversation is always one user with the app: the user is the chat.
+            chat_id=user,
+            chat_type=ChatType.P2P,
+            sender_id=user,
+            text=fields.get("Content", ""),
+            mentioned=True,
+            reply_context={"touser": user, "agent_id": fields.get("AgentID", "")},
+            raw=fields,
+        )
+
+    # ack: the base class's empty 200 is WeCom's "no passive reply".
+
+    # -- outbound ----------------------------------------------------------------------
+
+    @property
+    def _token_name(self) -> str:
+        return f"wecom:{self.bot.uuid}"
+
+    def _call(self, http: httpx.Client, method: str, path: str, what: str, **kwargs) -> dict:
+        """One API call; the WeCom JSON answer, or TransportError for the transport."""
+        try:
+            response = http.request(method, f"{self.api_base}{path}", **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"WeCom {what} timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            # The message of a connection error names no URL, so no credential leaks.
+            raise TransportError(f"WeCom {what} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise TransportError(f"WeCom {what} answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise TransportError(
+                f"WeCom {what} answered HTTP {response.status_code}; check the bot's API base URL",
+                permanent=True,
+            )
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise TransportError(f"WeCom {what} answered HTTP 200 with a body that is not JSON") from exc
+        # Every WeCom answer carries an integer errcode; without one we cannot tell a
+        # delivered message from a proxy's error page, so it is not taken as success.
+        if not isinstance(data, dict) or not isinstance(data.get("errcode"), int) or isinstance(data["errcode"], bool):
+            raise TransportError(f"WeCom {what} answered without an errcode")
+        return data
+
+    @staticmethod
+    def _refusal(what: str, data: dict) -> TransportError:
+        errcode = data.get("errcode")
+        errmsg = str(data.get("errmsg", ""))[:300]
+        detail = f"WeCom {what} refused: errcode {errcode} {errmsg}"
+        if errcode in ERRCODE_HINTS:
+            detail += f" ({ERRCODE_HINTS[errcode]})"
+        return TransportError(detail, permanent=errcode not in RETRYABLE_ERRCODES)
+
+    def _fetch_token(self, http: httpx.Client) -> tuple[str, int]:
+        data = self._call(
+            http, "GET", "/cgi-bin/gettoken", "gettoken",
+            params={"corpid": str(self.bot.app_id), "corpsecret": str(self.bot.app_secret)},
+        )
+        if data["errcode"] != 0:
+            raise self._refusal("gettoken", data)
+        token, expires_in = data.get("access_token"), data.get("expires_in")
+        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
+            raise TransportError("WeCom gettoken answered without access_token / expires_in")
+        return token, expires_in
+
+    def _post_message(self, http: httpx.Client, payload: dict) -> dict:
+        token = get_token(self._token_name, lambda: self._fetch_token(http))
+        return self._call(http, "POST", "/cgi-bin/message/send", "message/send",
+                          params={"access_token": token}, json=payload)
+
+    def send(self, reply: OutboundReply, http: httpx.Client) -> None:
+        agent_id = self.bot.extra.get("agent_id")
+        if not isinstance(agent_id, int) or isinstance(agent_id, bool):
+            raise TransportError('this bot has no AgentId: set extra {"agent_id": N}', permanent=True)
+        touser = reply.reply_context.get("touser") or reply.chat_id
+        payload = {"touser": touser, "msgtype": "text", "agentid": agent_id, "text": {"content": reply.text}}
+
+        data = self._post_message(http, payload)
+        if data["errcode"] in TOKEN_ERRCODES:
+            # Expired or revoked before our cached expiry: one fresh token, one retry.
+            logger.info("WeCom refused the cached token of %s (errcode %s); fetching a new one",
+                        self.bot.name, data["errcode"])
+            forget_token(self._token_name)
+            data = self._post_message(http, payload)
+            if data["errcode"] in TOKEN_ERRCODES:
+                raise TransportError(f"WeCom refused a freshly fetched token too (errcode {data['errcode']})")
+        if data["errcode"] != 0:
+            raise self._refusal("message/send", data)
+        invalid = {user for user in str(data.get("invaliduser") or "").split("|") if user}
+        if touser in invalid:
+            # errcode 0, yet nobody got it: WeCom lists users it skipped.
+            raise TransportError(
+                f"WeCom did not deliver to {touser!r}: {ERRCODE_HINTS[81013]}", permanent=True
+            )
