@@ -6,7 +6,9 @@ from audit.models import AuthEvent
 from config.clientip import client_ip
 
 
-def record_auth_event(kind: str, request: HttpRequest | None, user=None, username: str = "", detail: str = "") -> AuthEvent:
+def record_auth_event(
+    kind: str, request: HttpRequest | None, user=None, username: str = "", detail: str = ""
+) -> AuthEvent:
     address = client_ip(request) if request is not None else None
     agent = request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else ""
     if user is not None and not username:

@@ -13,9 +13,23 @@ class BotAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
     readonly_fields = ["uuid", "callback_url", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["name", "platform", "enabled", "uuid", "callback_url"]}),
-        ("Platform credentials", {"fields": ["app_id", "app_secret", "token", "encoding_aes_key", "api_base_url", "extra"]}),
+        (
+            "Platform credentials",
+            {"fields": ["app_id", "app_secret", "token", "encoding_aes_key", "api_base_url", "extra"]},
+        ),
         ("Security", {"fields": ["allowed_ips", "rate_limit_qps"]}),
-        ("Dialog", {"fields": ["default_backend", "system_prompt", "context_ttl", "max_context_turns", "require_mention_in_groups"]}),
+        (
+            "Dialog",
+            {
+                "fields": [
+                    "default_backend",
+                    "system_prompt",
+                    "context_ttl",
+                    "max_context_turns",
+                    "require_mention_in_groups",
+                ]
+            },
+        ),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 

@@ -46,13 +46,16 @@ app_name = "twofactor"
 
 
 class PasswordForm(forms.Form):
-    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}))
+    username = forms.CharField(
+        max_length=150, widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"})
+    )
     password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
 
 
 class CodeForm(forms.Form):
     code = forms.CharField(
-        label="Code", max_length=16,
+        label="Code",
+        max_length=16,
         widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "one-time-code", "inputmode": "numeric"}),
     )
 
@@ -101,9 +104,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     form = PasswordForm(request.POST or None)
     error = ""
     if request.method == "POST" and form.is_valid():
-        user = authenticate(
-            request, username=form.cleaned_data["username"], password=form.cleaned_data["password"]
-        )
+        user = authenticate(request, username=form.cleaned_data["username"], password=form.cleaned_data["password"])
         if user is None:
             error = "That user name and password do not match."
         elif not (user.is_active and user.is_staff):
@@ -111,7 +112,12 @@ def login_view(request: HttpRequest) -> HttpResponse:
             error = "This account has no access to the console."
         else:
             request.session.cycle_key()
-            request.session[PENDING_KEY] = {"user_id": user.pk, "at": time.time(), "backend": user.backend, "failures": 0}
+            request.session[PENDING_KEY] = {
+                "user_id": user.pk,
+                "at": time.time(),
+                "backend": user.backend,
+                "failures": 0,
+            }
             if user_has_device(user, confirmed=True):
                 return redirect(_with_next("twofactor:verify", request))
             return redirect(_with_next("twofactor:enroll", request))
@@ -223,7 +229,10 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
         error = "That code does not match. Check the time on your phone and try the next code."
     secret = b32encode(device.bin_key).decode("ascii")
     context = _context(
-        request, form=form, error=error, title="Set up two-factor sign-in",
+        request,
+        form=form,
+        error=error,
+        title="Set up two-factor sign-in",
         qr_svg=_qr_svg(device.config_url),
         manual_key=" ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
         username=user.get_username(),
@@ -242,7 +251,8 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
     codes = request.session.pop(BACKUP_CODES_KEY, None)
     remaining = StaticToken.objects.filter(device__user=request.user).count()
     return render(
-        request, "twofactor/backup_codes.html",
+        request,
+        "twofactor/backup_codes.html",
         _context(request, codes=codes, remaining=remaining, title="Backup codes"),
     )
 

@@ -1,5 +1,6 @@
-"""Shared fixtures (loaded for the whole repository by the root conftest.py): users with real TOTP devices, an OTP-verified console client, bots,
-and clean-up of the Redis keys this test run made (and only those)."""
+"""Shared fixtures, loaded for the whole repository by the root conftest.py: users with
+real TOTP devices, an OTP-verified console client, bots, and clean-up of the Redis keys
+this test run made (and only those)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,7 @@ def fresh_code(device: TOTPDevice) -> str:
 
 @pytest.fixture
 def staff_user(django_user_model):
-    return django_user_model.objects.create_user(
-        username="alice", password=PASSWORD, is_staff=True, is_superuser=True
-    )
+    return django_user_model.objects.create_user(username="alice", password=PASSWORD, is_staff=True, is_superuser=True)
 
 
 @pytest.fixture

@@ -35,7 +35,10 @@ class TestAllowlist:
             assert b"203.0.113.5" in response.content
         assert "console refused: client 203.0.113.5" in caplog.text
         # A refused client never reaches the password form, so it cannot try passwords.
-        assert client.post("/admin/2fa/login/", {"username": "a", "password": "b"}, REMOTE_ADDR="203.0.113.5").status_code == 403
+        assert (
+            client.post("/admin/2fa/login/", {"username": "a", "password": "b"}, REMOTE_ADDR="203.0.113.5").status_code
+            == 403
+        )
 
     def test_insider_reaches_the_sign_in(self, client):
         response = client.get("/admin/", REMOTE_ADDR="10.20.30.40", follow=True)

@@ -34,29 +34,68 @@ def post(console, url: str, data: dict) -> None:
 
 def bot_form(name: str, **changes) -> dict:
     return {
-        "name": name, "platform": "wecom", "enabled": "on", "app_id": "ww0001",
-        "app_secret": BOT_SECRET, "token": "tok-123456", "encoding_aes_key": "",
-        "api_base_url": "", "extra": '{"agent_id": 1000002}', "allowed_ips": '["203.0.113.0/24"]',
-        "rate_limit_qps": "10", "system_prompt": "be brief", "default_backend": "",
-        "context_ttl": "1800", "max_context_turns": "10", "require_mention_in_groups": "on", **changes,
+        "name": name,
+        "platform": "wecom",
+        "enabled": "on",
+        "app_id": "ww0001",
+        "app_secret": BOT_SECRET,
+        "token": "tok-123456",
+        "encoding_aes_key": "",
+        "api_base_url": "",
+        "extra": '{"agent_id": 1000002}',
+        "allowed_ips": '["203.0.113.0/24"]',
+        "rate_limit_qps": "10",
+        "system_prompt": "be brief",
+        "default_backend": "",
+        "context_ttl": "1800",
+        "max_context_turns": "10",
+        "require_mention_in_groups": "on",
+        **changes,
     }
 
 
 def backend_form(name: str, **changes) -> dict:
-    return {"name": name, "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m1",
-            "api_key": BACKEND_KEY, "timeout": "30", "max_tokens": "", "enabled": "on", **changes}
+    return {
+        "name": name,
+        "kind": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m1",
+        "api_key": BACKEND_KEY,
+        "timeout": "30",
+        "max_tokens": "",
+        "enabled": "on",
+        **changes,
+    }
 
 
 CASES = {
     # model: (admin path, form for create, changes for update, lookup by)
-    Bot: ("bots/bot", bot_form("audited"), {"system_prompt": "be kind", "app_secret": "another-secret-999"}, {"name": "audited"}),
+    Bot: (
+        "bots/bot",
+        bot_form("audited"),
+        {"system_prompt": "be kind", "app_secret": "another-secret-999"},
+        {"name": "audited"},
+    ),
     ModelBackend: ("routing/modelbackend", backend_form("gpt"), {"timeout": "12"}, {"name": "gpt"}),
-    AdminAccessRule: ("bots/adminaccessrule", {"cidr": "198.51.100.0/24", "description": "vpn", "enabled": "on"},
-                      {"description": "vpn gateway"}, {"cidr": "198.51.100.0/24"}),
+    AdminAccessRule: (
+        "bots/adminaccessrule",
+        {"cidr": "198.51.100.0/24", "description": "vpn", "enabled": "on"},
+        {"description": "vpn gateway"},
+        {"cidr": "198.51.100.0/24"},
+    ),
     Group: ("auth/group", {"name": "auditors"}, {"name": "auditors-eu"}, {}),
-    ApiKey: ("bots/apikey", {"name": "crm", "scopes": '["chat"]', "allowed_cidrs": "[]",
-                             "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00"},
-             {"name": "crm-2", "revoked": "on"}, {}),
+    ApiKey: (
+        "bots/apikey",
+        {
+            "name": "crm",
+            "scopes": '["chat"]',
+            "allowed_cidrs": "[]",
+            "expires_at_0": "2030-01-01",
+            "expires_at_1": "00:00:00",
+        },
+        {"name": "crm-2", "revoked": "on"},
+        {},
+    ),
 }
 
 
@@ -81,8 +120,15 @@ def test_console_create_update_delete_are_audited(console, staff_user, model):
 
 def test_rule_changes_are_audited(console, staff_user, make_bot, backend):
     bot = make_bot()
-    form = {"bot": bot.pk, "priority": "10", "match": "keyword", "pattern": "invoice", "backend": backend.pk,
-            "fallback_backend": "", "enabled": "on"}
+    form = {
+        "bot": bot.pk,
+        "priority": "10",
+        "match": "keyword",
+        "pattern": "invoice",
+        "backend": backend.pk,
+        "fallback_backend": "",
+        "enabled": "on",
+    }
     post(console, "/admin/routing/routingrule/add/", form)
     rule = RoutingRule.objects.get(pattern="invoice")
     post(console, f"/admin/routing/routingrule/{rule.pk}/change/", {**form, "pattern": "receipt"})
@@ -107,8 +153,11 @@ def test_secrets_are_masked_in_every_audit_entry(console):
 
 
 def test_user_and_otp_device_changes_are_audited_without_secrets(console, staff_user):
-    post(console, "/admin/auth/user/add/", {"username": "bob", "password1": PASSWORD, "password2": PASSWORD,
-                                            "usable_password": "true"})
+    post(
+        console,
+        "/admin/auth/user/add/",
+        {"username": "bob", "password1": PASSWORD, "password2": PASSWORD, "usable_password": "true"},
+    )
     bob = User.objects.get(username="bob")
     created = entries(User, bob.pk)[0]
     assert created.actor == staff_user and created.remote_addr == ADMIN_IP
@@ -127,8 +176,11 @@ def test_sign_in_activity_is_recorded(client, staff_user, totp_device):
     assert (failed.username, failed.remote_addr) == ("alice", ADMIN_IP)
 
     client.post("/admin/2fa/login/", {"username": "alice", "password": PASSWORD}, REMOTE_ADDR=ADMIN_IP)
-    client.post("/admin/2fa/verify/", {"code": "000000" if fresh_code(totp_device) != "000000" else "111111"},
-                REMOTE_ADDR=ADMIN_IP)
+    client.post(
+        "/admin/2fa/verify/",
+        {"code": "000000" if fresh_code(totp_device) != "000000" else "111111"},
+        REMOTE_ADDR=ADMIN_IP,
+    )
     assert AuthEvent.objects.filter(kind=AuthEventKind.OTP_FAILED, user=staff_user).exists()
 
     # django-otp throttles a device for a while after a wrong code; that is not under test here.
