@@ -27,7 +27,11 @@ class ExtraField:
 
 # What each platform keeps in Bot.extra beyond the common credential columns.
 EXTRA_SCHEMAS: dict[str, dict[str, ExtraField]] = {
-    Platform.FEISHU: {},
+    Platform.FEISHU: {
+        "bot_open_id": ExtraField(
+            str, False, "the bot's open_id (ou_…); needed only if it may read all group messages"
+        ),
+    },
     Platform.WECOM: {"agent_id": ExtraField(int, True, "AgentId of the self-built app")},
     Platform.WECHAT_MP: {
         "customer_service_api": ExtraField(bool, False, "account may call message/custom/send"),

@@ -1,5 +1,9 @@
 """Per-bot send pacing shared by every worker: a Redis-held schedule (GCRA with no
-burst), so a 10-QPS bot sends at most one message per 100 ms across the whole fleet."""
+burst), so a 10-QPS bot starts at most one send per 110 ms across the whole fleet.
+
+The 10 % headroom is for the way from our clock to the platform's: a send leaves a few
+milliseconds after its slot, and unevenly, so slots spaced exactly 1/qps apart can
+arrive as qps + 1 messages within one second at the platform."""
 
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ RATE_LIMIT_UNAVAILABLE = Counter(
     "switchboard_rate_limit_unavailable_total", "Sends paced locally because Redis did not answer"
 )
 
+HEADROOM = 0.1
+
 # Reserve the next free slot on the bot's schedule and return how long to wait for it.
 # Redis's own clock is used so that workers on several machines agree.
 _RESERVE = """
@@ -40,7 +46,7 @@ return slot - now
 def reserve_slot(bot: Bot) -> float:
     """Seconds until this bot may send; the slot is ours once returned."""
     qps = bot.rate_limit_qps or 10.0
-    interval_ms = max(int(1000 / qps), 1)
+    interval_ms = max(int(1000 * (1 + HEADROOM) / qps), 1)
     key = f"{settings.CACHES['default']['KEY_PREFIX']}:rate:{bot.uuid}"
     try:
         redis = get_redis_connection("default")

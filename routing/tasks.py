@@ -113,7 +113,10 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
             adapter.send(
                 OutboundReply(
                     chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=parts[index],
-                    reply_context=reply_context, idempotency_key=f"sb-{row.pk}-{index}",
+                    reply_context=reply_context,
+                    # Unique beyond this database (a restore or a second install reuses
+                    # primary keys), or Feishu would drop a real reply as a repeat.
+                    idempotency_key=f"sb-{bot.uuid.hex[:12]}-{row.pk}-{index}",
                 ),
                 http_client(),
             )

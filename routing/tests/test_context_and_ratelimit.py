@@ -111,14 +111,14 @@ def test_pacing_is_shared_by_concurrent_senders(make_bot):
     sent.sort()
     assert len(sent) == 20
     gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
-    # Slots are 50 ms apart on Redis's clock; allow scheduling jitter of a few ms.
-    assert min(gaps) > 0.035, gaps
+    # Slots are 55 ms apart (50 ms and 10 % headroom) on Redis's clock; allow some jitter.
+    assert min(gaps) > 0.045, gaps
     # And nobody waited needlessly: 20 sends take about 19 intervals.
-    assert sent[-1] - sent[0] < 19 * 0.05 + 0.5
+    assert sent[-1] - sent[0] < 19 * 0.055 + 0.5
 
 
 def test_idle_bot_sends_at_once(make_bot):
     bot = make_bot(name="idle", rate_limit_qps=1)
     assert ratelimit.reserve_slot(bot) == 0
     # The second message in the same second waits about a second.
-    assert 0.9 <= ratelimit.reserve_slot(bot) <= 1.0
+    assert 1.0 <= ratelimit.reserve_slot(bot) <= 1.1

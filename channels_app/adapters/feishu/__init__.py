@@ -1,0 +1,1 @@
+"""Feishu / Lark: event subscription in webhook mode, replies through the IM API."""
