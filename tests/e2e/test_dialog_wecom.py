@@ -167,3 +167,34 @@ def test_thirty_messages_to_a_ten_qps_bot_all_arrive_at_ten_per_second(client, b
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 10, f"{busiest} sends within one second"
     assert times[-1] - times[0] >= 2.9  # 30 sends paced at 110 ms need about 3.2 s
+
+
+def test_a_send_that_fails_for_a_while_is_retried_until_it_arrives(client, bot, wecom, model, celery_worker):
+    wecom.plan(r"/message/send", Fault(503, "upstream busy"), Fault(200, {"errcode": -1, "errmsg": "system busy"}))
+    deliver(client, bot, "patience", 8001)
+    sends = wecom.wait_for(r"/message/send", 3, timeout=30)
+    assert sends[2].json()["text"]["content"] == "[m1] patience (history=0)"
+    row = wait_for_status("8001", MessageStatus.REPLIED)
+    # The model answered once; only the send was repeated.
+    assert len(model.received(r"/chat/completions")) == 1 and row.parts_sent == 1
+
+
+def test_a_permanent_send_error_is_not_retried(client, bot, wecom, celery_worker):
+    wecom.plan(r"/message/send", Fault(200, {"errcode": 60020, "errmsg": "not allow to access from your ip"}))
+    deliver(client, bot, "from an untrusted IP", 8101)
+    row = wait_for_status("8101", MessageStatus.FAILED)
+    assert "60020" in row.error
+    time.sleep(1.5)
+    assert len(wecom.received(r"/message/send")) == 1
+
+
+def test_a_long_answer_is_split_and_every_part_arrives_in_order(client, bot, wecom, model, celery_worker):
+    paragraphs = [f"第{n}段：" + "内容" * 150 for n in range(6)]  # about 900 bytes each
+    model.answer = lambda request: "\n\n".join(paragraphs)
+    deliver(client, bot, "tell me everything", 8201)
+    row = wait_for_status("8201", MessageStatus.REPLIED)
+    sends = wecom.received(r"/message/send")
+    parts = [r.json()["text"]["content"] for r in sends]
+    assert len(parts) == row.parts_sent >= 3
+    assert all(len(p.encode()) <= 2048 for p in parts)
+    assert "".join(parts) == "\n\n".join(paragraphs)
