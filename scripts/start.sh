@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Set up and run Switchboard on its embedded default (SQLite in var/, Redis on this machine):
+# the one command for a fresh Debian machine that has only python3.
+set -Eeuo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: bash scripts/start.sh [--no-install] [--help]
+
+Sets up and runs Switchboard in the foreground:
+  1. checks that Python can create a virtualenv (installs python3-venv with apt if needed)
+  2. makes sure Redis answers at REDIS_URL (installs and starts redis-server if needed)
+  3. creates .venv and installs requirements.txt (only when it changed)
+  4. applies database migrations
+  5. collects static files
+  6. makes sure a console admin (superuser) exists
+  7. starts a Celery worker and Celery beat in the background and gunicorn in the
+     foreground; Ctrl-C (or gunicorn exiting) stops all three
+
+Options:
+  --no-install   never run apt-get or pip (the virtualenv must exist already)
+  --help         show this help
+
+Environment (see docs/configuration.md for the settings themselves):
+  SWITCHBOARD_BIND          address for gunicorn            (default 0.0.0.0:18789)
+  SWITCHBOARD_WEB_WORKERS   gunicorn sync workers           (default 2)
+  SWITCHBOARD_ADMIN_USER, SWITCHBOARD_ADMIN_PASSWORD, SWITCHBOARD_ADMIN_EMAIL
+                            create the first admin without prompting
+  REDIS_URL                 Redis to use                    (default redis://127.0.0.1:6379/0)
+  SWITCHBOARD_VAR_DIR       database, secrets, static files (default var/)
+EOF
+}
+
+NO_INSTALL=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-install) NO_INSTALL=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) printf 'Unknown option: %s\n\n' "$arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+STEP_COUNT=7
+trap on_error ERR
+# The database, generated secrets, logs and Redis data in var/ are for this user only.
+umask 077
+
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+VAR_DIR="${SWITCHBOARD_VAR_DIR:-var}"
+BIND="${SWITCHBOARD_BIND:-0.0.0.0:18789}"
+WEB_WORKERS="${SWITCHBOARD_WEB_WORKERS:-2}"
+QUEUE="${CELERY_TASK_DEFAULT_QUEUE:-switchboard}"
+PORT="${BIND##*:}"
+BIND_HOST="${BIND%:*}"
+
+case "$WEB_WORKERS" in
+    '' | *[!0-9]* | 0) printf 'SWITCHBOARD_WEB_WORKERS=%s is not a positive whole number.\n' "$WEB_WORKERS" >&2; exit 2 ;;
+esac
+case "$PORT" in
+    '' | *[!0-9]*) printf 'SWITCHBOARD_BIND=%s is not HOST:PORT (e.g. 0.0.0.0:18789).\n' "$BIND" >&2; exit 2 ;;
+esac
+
+# The address a person on this network types into a browser.
+if [ "$BIND_HOST" = 0.0.0.0 ] || [ "$BIND_HOST" = "[::]" ]; then
+    PUBLIC_HOST="$(hostname -I 2>/dev/null | awk '{print $1}')"
+    PUBLIC_HOST="${PUBLIC_HOST:-127.0.0.1}"
+else
+    PUBLIC_HOST="$BIND_HOST"
+fi
+
+# Django answers only host names it knows. Unless the operator chose them, accept this
+# machine's own names and addresses, so the console and callbacks work on the LAN.
+if [ -z "${ALLOWED_HOSTS:-}" ]; then
+    hosts="localhost,127.0.0.1,[::1]"
+    for name in $(hostname 2>/dev/null) $(hostname -f 2>/dev/null) $(hostname -I 2>/dev/null); do
+        case "$name" in *:*) name="[$name]" ;; esac
+        case ",$hosts," in *",$name,"*) ;; *) hosts="$hosts,$name" ;; esac
+    done
+    export ALLOWED_HOSTS="$hosts"
+    ALLOWED_HOSTS_NOTE="ALLOWED_HOSTS is not set; accepting $ALLOWED_HOSTS (set ALLOWED_HOSTS to the public host name platforms call)"
+fi
+
+step "Python with virtualenv support"
+ensure_python_venv "$NO_INSTALL"
+
+step "Redis"
+ensure_redis "$REDIS_URL" "$NO_INSTALL" "$VAR_DIR"
+
+step "Virtualenv .venv and requirements.txt"
+ensure_requirements requirements.txt "$NO_INSTALL"
+
+step "Database migrations"
+FIX="read the error above; with DATABASE_URL set, check that the database server runs and the URL is right (docs/configuration.md)"
+if [ -z "${DATABASE_URL:-}" ]; then
+    info "DATABASE_URL is not set: using SQLite at $VAR_DIR/switchboard.sqlite3"
+fi
+.venv/bin/python manage.py migrate --noinput
+
+step "Static files"
+FIX="read the error above; STATIC_ROOT (default $VAR_DIR/static) must be writable"
+.venv/bin/python manage.py collectstatic --noinput --verbosity 0
+info "collected into ${STATIC_ROOT:-$VAR_DIR/static}"
+
+step "Console admin"
+FIX="read the error above; you can also create the admin by hand: .venv/bin/python manage.py createsuperuser"
+has_admin="$(.venv/bin/python manage.py shell --no-imports -c \
+    'from django.contrib.auth import get_user_model; print(get_user_model().objects.filter(is_superuser=True).exists())' | tail -n 1)"
+if [ "$has_admin" = True ]; then
+    info "an admin account exists"
+elif [ -n "${SWITCHBOARD_ADMIN_USER:-}" ] && [ -n "${SWITCHBOARD_ADMIN_PASSWORD:-}" ]; then
+    info "creating admin '$SWITCHBOARD_ADMIN_USER' from SWITCHBOARD_ADMIN_USER / SWITCHBOARD_ADMIN_PASSWORD"
+    DJANGO_SUPERUSER_PASSWORD="$SWITCHBOARD_ADMIN_PASSWORD" .venv/bin/python manage.py createsuperuser --noinput \
+        --username "$SWITCHBOARD_ADMIN_USER" --email "${SWITCHBOARD_ADMIN_EMAIL:-$SWITCHBOARD_ADMIN_USER@localhost}"
+elif [ -t 0 ]; then
+    info "no admin account yet; create one now"
+    .venv/bin/python manage.py createsuperuser
+else
+    info "no admin account yet, and no terminal to ask for one. Create it with:"
+    info "    .venv/bin/python manage.py createsuperuser"
+    info "or run this script with SWITCHBOARD_ADMIN_USER and SWITCHBOARD_ADMIN_PASSWORD set."
+fi
+info "First sign-in: http://$PUBLIC_HOST:$PORT/admin/ asks for the password, then has you set up"
+info "an authenticator app (scan the QR code) and shows backup codes once; keep them safe."
+if [ -n "${ALLOWED_HOSTS_NOTE:-}" ]; then
+    info "$ALLOWED_HOSTS_NOTE"
+fi
+
+step "Celery worker, Celery beat and gunicorn on $BIND"
+WEB_PID="" WORKER_PID="" BEAT_PID=""
+
+# Stop every service still running: TERM, then KILL whatever has not gone after 30 s.
+stop_services() {
+    trap - INT TERM EXIT ERR
+    local pid pids=""
+    for pid in "$WEB_PID" "$WORKER_PID" "$BEAT_PID"; do
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids="$pids $pid"
+        fi
+    done
+    [ -n "$pids" ] || return 0
+    info "stopping gunicorn, Celery worker and beat"
+    for _ in $(seq 1 150); do
+        local alive=""
+        for pid in $pids; do
+            if kill -0 "$pid" 2>/dev/null; then alive="$alive $pid"; fi
+        done
+        [ -n "$alive" ] || return 0
+        sleep 0.2
+    done
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap 'stop_services; exit 130' INT
+trap 'stop_services; exit 143' TERM
+trap stop_services EXIT
+
+FIX="is Redis reachable at CELERY_BROKER_URL (default REDIS_URL)? read the Celery log above"
+.venv/bin/celery -A config worker --loglevel INFO --hostname "$QUEUE@%h" &
+WORKER_PID=$!
+.venv/bin/celery -A config beat --loglevel INFO --schedule "$VAR_DIR/celerybeat-schedule" &
+BEAT_PID=$!
+.venv/bin/gunicorn config.wsgi:application --bind "$BIND" --workers "$WEB_WORKERS" --worker-class sync \
+    --no-control-socket --access-logfile - --error-logfile - &
+WEB_PID=$!
+info "Switchboard runs on http://$PUBLIC_HOST:$PORT/ (console /admin/, health /healthz, /readyz). Ctrl-C stops it."
+
+# Run until one of the three exits. Ctrl-C reaches all of them (they share the terminal's
+# process group) and each stops cleanly with code 0, as does gunicorn after a plain TERM;
+# a non-zero code is a failure, and the EXIT trap stops whichever are still running.
+status=0
+exited=""
+wait -n -p exited "$WEB_PID" "$WORKER_PID" "$BEAT_PID" || status=$?
+case "$exited" in
+    "$WEB_PID") WEB_PID="" name=gunicorn ;;
+    "$WORKER_PID") WORKER_PID="" name="the Celery worker" ;;
+    "$BEAT_PID") BEAT_PID="" name="Celery beat" ;;
+    *) exit "$status" ;;
+esac
+if [ "$status" -eq 0 ]; then
+    info "$name stopped"
+    exit 0
+fi
+case "$name" in
+    gunicorn) FIX="is another program listening on $BIND? (ss -ltnp | grep :$PORT) Choose another with SWITCHBOARD_BIND=HOST:PORT" ;;
+    "Celery beat") FIX="read the Celery beat log above; the schedule file is $VAR_DIR/celerybeat-schedule (delete it if it is corrupt)" ;;
+esac
+fail "$name exited with code $status"

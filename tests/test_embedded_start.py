@@ -1,0 +1,172 @@
+"""The embedded default, for real: `bash scripts/start.sh --no-install` with no database
+configured must bring up SQLite in the var dir, gunicorn, a Celery worker and beat, and
+stop all of them when its process group is terminated or gunicorn exits."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.processes import REPO_ROOT, free_port, group_members, process_env, start_group, stop_group, wait_until
+
+pytestmark = pytest.mark.slow
+
+ADMIN_USER = "first-admin"
+ADMIN_PASSWORD = "embedded default password 7"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+READY_TIMEOUT = 90  # migrate and collectstatic on a busy two-core machine, then boot
+# What an operator would not have set on a fresh machine; the test process has some of them.
+UNSET = (
+    "DATABASE_URL", "ALLOWED_HOSTS", "SECRET_KEY", "SECRET_KEY_FILE", "SWITCHBOARD_SECRET_KEYS",
+    "SWITCHBOARD_SECRET_KEYS_FILE", "SWITCHBOARD_ENV", "DEBUG", "STATIC_ROOT", "CELERY_BROKER_URL",
+)
+
+
+@dataclass
+class Started:
+    proc: subprocess.Popen
+    base_url: str
+    env: dict[str, str]
+    var_dir: Path
+    log: Path
+    name: str  # key prefix, queue and worker name of this start
+    ready: dict = field(default_factory=dict)  # the first 200 answer of /readyz
+
+    def commands(self) -> list[str]:
+        return [member.cmdline for member in group_members(self.proc.pid)]
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _ready(base_url: str) -> dict:
+    response = httpx.get(f"{base_url}/readyz", timeout=5)
+    return response.json() if response.status_code == 200 else {}
+
+
+def _pong(node: str, env: dict[str, str]) -> bool:
+    ping = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/celery"), "-A", "config", "inspect", "ping", "-d", node, "--timeout", "3"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    return ping.returncode == 0 and f"{node}: OK" in ping.stdout and "pong" in ping.stdout
+
+
+@pytest.fixture
+def started(tmp_path, request):
+    """start.sh running and ready (GET /readyz is 200); its whole process group is killed
+    afterwards whatever the test did."""
+    port = free_port()
+    name = f"{os.environ['SWITCHBOARD_TEST_RUN']}-{request.node.name[-20:]}"
+    var_dir = tmp_path / "var"
+    env = process_env(
+        drop=UNSET,
+        SWITCHBOARD_VAR_DIR=str(var_dir),
+        REDIS_URL=REDIS_URL,
+        CACHE_KEY_PREFIX=name,
+        CELERY_TASK_DEFAULT_QUEUE=name,
+        SWITCHBOARD_BIND=f"127.0.0.1:{port}",
+        SWITCHBOARD_ADMIN_USER=ADMIN_USER,
+        SWITCHBOARD_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    )
+    log = tmp_path / "start.log"
+    proc = start_group(["bash", "scripts/start.sh", "--no-install"], env, log)
+    run = Started(proc, f"http://127.0.0.1:{port}", env, var_dir, log, name)
+    try:
+        run.ready = wait_until(lambda: _ready(run.base_url), READY_TIMEOUT, "GET /readyz is 200", alive=proc)
+        yield run
+    finally:
+        stop_group(proc)
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"*{name}*", count=500):
+            client.delete(key)
+        print(run.output()[-6000:])  # pytest shows it when the test fails
+
+
+def test_start_sh_brings_up_and_stops_the_embedded_default(started):
+    assert {check: result["ok"] for check, result in started.ready["checks"].items()} == {
+        "database": True, "redis": True, "broker": True,
+    }
+    assert httpx.get(f"{started.base_url}/healthz", timeout=5).json() == {"status": "ok"}
+
+    # The console sends a stranger to the 2FA sign-in, and the admin created from the
+    # environment is sent on to set up an authenticator app.
+    with httpx.Client(base_url=started.base_url, timeout=10, follow_redirects=True) as browser:
+        page = browser.get("/admin/")
+        assert page.status_code == 200
+        assert page.url.path == "/admin/2fa/login/"
+        assert [r.status_code for r in page.history] == [302, 302]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        signed_in = browser.post(
+            "/admin/2fa/login/", follow_redirects=False,
+            data={"csrfmiddlewaretoken": token, "username": ADMIN_USER, "password": ADMIN_PASSWORD},
+        )
+        assert signed_in.status_code == 302
+        assert signed_in.headers["location"].startswith("/admin/2fa/enroll/")
+
+    # SQLite in the var dir (not some other database), holding the admin.
+    var_dir = started.var_dir
+    with sqlite3.connect(var_dir / "switchboard.sqlite3") as db:
+        admins = db.execute("SELECT username FROM auth_user WHERE is_superuser AND is_staff").fetchall()
+    assert admins == [(ADMIN_USER,)]
+    for secret in ("secret_key", "switchboard_secret_keys"):
+        assert (var_dir / secret).stat().st_mode & 0o777 == 0o600, secret
+    assert len((var_dir / "secret_key").read_text().strip()) >= 50
+    assert len(base64.b64decode((var_dir / "switchboard_secret_keys").read_text().strip())) == 32
+    assert (var_dir / "switchboard.sqlite3").stat().st_mode & 0o077 == 0
+    assert (var_dir / "static" / "staticfiles.json").exists(), "collectstatic did not run"
+
+    # The worker is connected to the broker and answers a ping addressed to it alone
+    # (it may still be booting when gunicorn already answers).
+    node = f"{started.name}@{socket.gethostname()}"
+    wait_until(lambda: _pong(node, started.env), 60, f"Celery worker {node} answers a ping", interval=1)
+    wait_until(lambda: list(var_dir.glob("celerybeat-schedule*")), 30, "Celery beat writes its schedule file")
+    commands = started.commands()
+    assert any("gunicorn config.wsgi:application" in c for c in commands), commands
+    assert any("celery -A config worker" in c for c in commands), commands
+    assert any("celery -A config beat" in c for c in commands), commands
+
+    assert stop_group(started.proc), "start.sh left processes behind after SIGTERM"
+    assert group_members(started.proc.pid) == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{started.base_url}/healthz", timeout=5)
+    output = started.output()
+    assert [int(n) for n in re.findall(r"^\[(\d)/7\]", output, re.MULTILINE)] == [1, 2, 3, 4, 5, 6, 7]
+    assert "authenticator app" in output
+    assert "FAILED" not in output
+
+
+def test_worker_and_beat_stop_when_gunicorn_exits(started):
+    wait_until(lambda: any("celery -A config beat" in c for c in started.commands()), 30, "beat runs")
+    (master,) = (
+        m.pid for m in group_members(started.proc.pid)
+        if m.ppid == started.proc.pid and "gunicorn config.wsgi:application" in m.cmdline
+    )
+    os.kill(master, signal.SIGTERM)  # only gunicorn: the script must stop the rest itself
+
+    assert started.proc.wait(timeout=60) == 0
+    wait_until(lambda: not started.commands(), 30, "no process of start.sh is left")
+    assert "gunicorn stopped" in started.output()
+
+
+def test_a_failing_step_is_named_with_its_fix(tmp_path):
+    env = process_env(drop=UNSET, SWITCHBOARD_VAR_DIR=str(tmp_path / "var"), REDIS_URL="redis://192.0.2.1:6379/0")
+    result = subprocess.run(
+        ["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "FAILED at step 2/7 (Redis): no Redis answers at 192.0.2.1:6379" in result.stderr
+    assert "How to fix: start Redis on 192.0.2.1:6379, or point REDIS_URL at" in result.stderr
+    assert "[3/7]" not in result.stdout
