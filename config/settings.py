@@ -233,7 +233,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # Platforms take secrets and tokens in query strings; httpx logs request URLs.
-        "httpx": {"filters": ["redact_credentials"]},
+        "httpx": {"level": "WARNING", "filters": ["redact_credentials"]},
     },
 }
 
