@@ -12,6 +12,12 @@ class AuthEventKind(models.TextChoices):
     OTP_ENROLLED = "otp_enrolled", "second factor enrolled"
     OTP_RESET = "otp_reset", "second factor reset by an operator"
     ADMIN_IP_DENIED = "admin_ip_denied", "console refused for IP"
+    LOCKED_OUT = "locked_out", "locked out after repeated failures"
+    STEP_UP = "step_up", "fresh second factor for a sensitive action"
+    STEP_UP_FAILED = "step_up_failed", "failed second factor for a sensitive action"
+    SECRET_REVEALED = "secret_revealed", "secret revealed in the console"
+    API_KEY_REFUSED = "api_key_refused", "API request refused"
+    AUDIT_EXPORTED = "audit_exported", "audit log exported"
 
 
 class AuthEvent(models.Model):

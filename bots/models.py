@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from datetime import timedelta
@@ -96,6 +97,10 @@ class ApiKey(models.Model):
     revoked = models.BooleanField(default=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False,
+        help_text="the key that took over when this one was rotated",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -125,6 +130,36 @@ class ApiKey(models.Model):
         key = row.assign_new_key()
         row.save()
         return row, key
+
+    @classmethod
+    def find(cls, key: str) -> ApiKey | None:
+        """The row a presented key belongs to, whatever its state (the caller checks
+        is_active, scopes and CIDRs, so it can say which check failed)."""
+        parts = key.split("_")
+        if len(parts) < 3 or parts[0] != "sb":
+            return None
+        row = cls.objects.filter(prefix=parts[1]).first()
+        if row is None or not hmac.compare_digest(row.key_hash, cls.hash_key(key)):
+            return None
+        return row
+
+    def is_active(self, at=None) -> bool:
+        return not self.revoked and self.expires_at > (at or timezone.now())
+
+    def rotate(self, grace: timedelta = timedelta(hours=24)) -> tuple[ApiKey, str]:
+        """Issue the successor of this key; this one keeps working for `grace`, so
+        clients can switch over without an outage."""
+        new, key = ApiKey.issue(
+            name=self.name, scopes=list(self.scopes), allowed_cidrs=list(self.allowed_cidrs),
+        )
+        self.expires_at = min(self.expires_at, timezone.now() + grace)
+        self.replaced_by = new
+        self.save(update_fields=["expires_at", "replaced_by"])
+        return new, key
+
+    def revoke(self) -> None:
+        self.revoked = True
+        self.save(update_fields=["revoked"])
 
     def clean(self) -> None:
         unknown = [s for s in self.scopes if s not in ApiKeyScope.values]
