@@ -36,10 +36,19 @@ EXTRA_SCHEMAS: dict[str, dict[str, ExtraField]] = {
     Platform.WECHAT_MP: {
         "customer_service_api": ExtraField(bool, False, "account may call message/custom/send"),
     },
-    Platform.DINGTALK: {"robot_code": ExtraField(str, False, "robotCode; defaults to the AppKey")},
-    Platform.SLACK: {},
+    Platform.DINGTALK: {
+        "robot_code": ExtraField(str, False, "robotCode; defaults to the one in each callback, then the AppKey"),
+        "bot_name": ExtraField(str, False, "the robot's name; a leading @name is removed from group messages"),
+    },
+    Platform.SLACK: {
+        "bot_user_id": ExtraField(
+            str, False, "the bot's user ID (U…); by default taken from each event's authorizations"
+        ),
+    },
     Platform.TELEGRAM: {"bot_username": ExtraField(str, False, "@username used for group mentions")},
-    Platform.WEBHOOK: {"outbound_url": ExtraField(str, True, "where replies are POSTed")},
+    Platform.WEBHOOK: {
+        "outbound_url": ExtraField(str, True, "http(s) URL where signed replies are POSTed; redirects not followed"),
+    },
 }
 
 

@@ -1,4 +1,5 @@
-"""The contract every platform adapter fulfils: verify → handshake → parse → ack, and send.
+"""The contract every platform adapter fulfils: verify → handshake → parse → ack (or
+reply_in_response), and send.
 
 An adapter instance lives for one request (or one send), so `verify` may keep what it
 decoded (a decrypted payload) for `parse` to use.
@@ -54,6 +55,14 @@ class Adapter(ABC):
     def ack(self, request: HttpRequest, message: ParsedMessage | None) -> HttpResponse:
         """What the platform gets once the message is safely recorded."""
         return HttpResponse(b"", content_type="text/plain")
+
+    def reply_in_response(self, request: HttpRequest, message: ParsedMessage) -> HttpResponse | None:
+        """For a platform that takes the answer only as the callback's own response (a
+        WeChat Official Account without the customer-service API): wait, within the
+        platform's deadline, for the reply to `message`, recorded now or on an earlier
+        delivery, and return the response that carries it. None, the default, means
+        "answer with ack() at once"; the reply then goes out through `send`."""
+        return None
 
     # -- outbound ----------------------------------------------------------------------
 

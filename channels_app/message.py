@@ -36,3 +36,7 @@ class OutboundReply:
     # Stable per message and part, so a platform that supports idempotent sends
     # (Feishu's `uuid`) drops a retried duplicate.
     idempotency_key: str
+    # Which piece of the reply this is (1-based) and how many there are, for receivers
+    # that put a long reply back together.
+    part: int = 1
+    parts: int = 1

@@ -1,7 +1,7 @@
 """Keep credentials that platforms put in URLs out of log lines.
 
 httpx logs every request URL at INFO; WeCom, WeChat and DingTalk's legacy API take the
-app secret and the access token in the query string.
+app secret and the access token in the query string, Telegram the bot token in the path.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ _CREDENTIAL_IN_URL = re.compile(
 )
 
 
+# Telegram puts the bot token in the path: https://api.telegram.org/bot<id>:<secret>/sendMessage
+_BOT_TOKEN_IN_PATH = re.compile(r"(/bot)[0-9]+:[A-Za-z0-9_-]+")
+
+
 def redact(text: str) -> str:
-    return _CREDENTIAL_IN_URL.sub(r"\1***", text)
+    return _BOT_TOKEN_IN_PATH.sub(r"\1***", _CREDENTIAL_IN_URL.sub(r"\1***", text))
 
 
 class RedactCredentials(logging.Filter):

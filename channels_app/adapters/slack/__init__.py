@@ -1,0 +1,1 @@
+"""Slack: Events API over HTTP in, chat.postMessage out."""

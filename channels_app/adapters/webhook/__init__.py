@@ -1,0 +1,1 @@
+"""A generic signed JSON webhook for systems that are not chat platforms."""
