@@ -97,6 +97,10 @@ class ApiKey(models.Model):
     revoked = models.BooleanField(default=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    marked_expired_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="when the daily check found this key expired (and logged it, once)",
+    )
     replaced_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False,
         help_text="the key that took over when this one was rotated",

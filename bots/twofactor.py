@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 import qrcode
 import qrcode.image.svg
 from django import forms
-from django.contrib import admin
-from django.contrib.auth import authenticate, get_user_model, login
+from django.contrib import admin, messages
+from django.contrib.auth import authenticate, get_user_model, login, logout
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -35,6 +35,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.events import record_auth_event
 from audit.models import AuthEventKind
+from bots import lockout, stepup
+from bots.console_security import start_session_clock
 
 PENDING_KEY = "switchboard_2fa_pending"
 PENDING_SECONDS = 600
@@ -93,6 +95,34 @@ def _finish_login(request: HttpRequest, user, device) -> None:
     request.session.pop(PENDING_KEY, None)
     login(request, user, backend=backend)
     otp_login(request, device)
+    start_session_clock(request)
+    stepup.mark_fresh(request)
+    lockout.clear_failures(user.get_username(), request)
+
+
+def _wait_message(wait: int) -> str:
+    return f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+
+
+def _match_code(user, code: str):
+    """(the device that accepts this code or None, seconds to wait before trying).
+
+    An app code goes to the app, a backup code to the backup codes: trying one on the
+    other would count as a wrong code there and pause that device."""
+    kind = TOTPDevice if code.isdigit() and len(code) == 6 else StaticDevice
+    devices = [d for d in devices_for_user(user) if isinstance(d, kind)]
+    # django-otp pauses a device after a wrong code; a code typed during the pause would
+    # be refused whatever it is, so say so instead of calling it wrong.
+    wait = _throttle_seconds(devices)
+    if wait:
+        return None, wait
+    return next((d for d in devices if verify_token(user, d.persistent_id, code)), None), 0
+
+
+def _to_login_locked(request: HttpRequest, lock: lockout.Lock) -> HttpResponse:
+    request.session.pop(PENDING_KEY, None)
+    messages.error(request, lock.message)
+    return redirect(_with_next("twofactor:login", request))
 
 
 @sensitive_post_parameters("password")
@@ -103,10 +133,18 @@ def login_view(request: HttpRequest) -> HttpResponse:
         return redirect(_next_url(request))
     form = PasswordForm(request.POST or None)
     error = ""
+    status = 200
     if request.method == "POST" and form.is_valid():
-        user = authenticate(request, username=form.cleaned_data["username"], password=form.cleaned_data["password"])
-        if user is None:
-            error = "That user name and password do not match."
+        username = form.cleaned_data["username"]
+        lock = lockout.lock_of(username, request)
+        # While locked, the password is not even checked: a right guess must look the same.
+        user = None if lock else authenticate(request, username=username, password=form.cleaned_data["password"])
+        if lock:
+            record_auth_event(AuthEventKind.LOGIN_FAILED, request, username=username, detail="refused: locked out")
+            error, status = lock.message, 429
+        elif user is None:
+            lock = lockout.record_failure(username, request, "password")
+            error = lock.message if lock else "That user name and password do not match."
         elif not (user.is_active and user.is_staff):
             record_auth_event(AuthEventKind.LOGIN_FAILED, request, user=user, detail="not a staff account")
             error = "This account has no access to the console."
@@ -121,18 +159,25 @@ def login_view(request: HttpRequest) -> HttpResponse:
             if user_has_device(user, confirmed=True):
                 return redirect(_with_next("twofactor:verify", request))
             return redirect(_with_next("twofactor:enroll", request))
-    return render(request, "twofactor/login.html", _context(request, form=form, error=error, title="Sign in"))
+    return render(
+        request, "twofactor/login.html", _context(request, form=form, error=error, title="Sign in"), status=status
+    )
 
 
-def _code_failed(request: HttpRequest, user, detail: str) -> str:
+def _code_failed(request: HttpRequest, user, detail: str) -> HttpResponse | None:
+    """Record a wrong code; a redirect to the password step when this session (or the
+    account from this address) has had too many."""
     record_auth_event(AuthEventKind.OTP_FAILED, request, user=user, detail=detail)
+    lock = lockout.record_failure(user.get_username(), request, "sign-in code", user=user)
+    if lock:
+        return _to_login_locked(request, lock)
     pending = request.session[PENDING_KEY]
     pending["failures"] += 1
     request.session[PENDING_KEY] = pending
     if pending["failures"] >= MAX_CODE_FAILURES:
         request.session.pop(PENDING_KEY, None)
-        return "too many wrong codes"
-    return ""
+        return redirect(_with_next("twofactor:login", request))
+    return None
 
 
 @sensitive_post_parameters("code")
@@ -142,30 +187,24 @@ def verify_view(request: HttpRequest) -> HttpResponse:
     user = _pending_user(request)
     if user is None:
         return redirect(_with_next("twofactor:login", request))
+    lock = lockout.lock_of(user.get_username(), request)
+    if lock:
+        return _to_login_locked(request, lock)
     if not user_has_device(user, confirmed=True):
         return redirect(_with_next("twofactor:enroll", request))
     form = CodeForm(request.POST or None)
     error = ""
     if request.method == "POST" and form.is_valid():
-        code = form.cleaned_data["code"]
-        # An app code goes to the app, a backup code to the backup codes: trying one on
-        # the other would count as a wrong code there and pause that device.
-        kind = TOTPDevice if code.isdigit() and len(code) == 6 else StaticDevice
-        devices = [d for d in devices_for_user(user) if isinstance(d, kind)]
-        wait = _throttle_seconds(devices)
-        device = None
-        if not wait:
-            device = next((d for d in devices if verify_token(user, d.persistent_id, code)), None)
+        device, wait = _match_code(user, form.cleaned_data["code"])
         if wait:
-            # django-otp pauses a device after a wrong code; a code typed during the pause
-            # would be refused whatever it is, so say so instead of calling it wrong.
-            error = f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+            error = _wait_message(wait)
         elif device is not None:
             _finish_login(request, user, device)
             return redirect(_next_url(request))
-        elif _code_failed(request, user, "wrong code at sign-in"):
-            return redirect(_with_next("twofactor:login", request))
         else:
+            refused = _code_failed(request, user, "wrong code at sign-in")
+            if refused:
+                return refused
             error = "That code is not valid. Use the current code from your app, or a backup code."
     return render(request, "twofactor/verify.html", _context(request, form=form, error=error, title="Second factor"))
 
@@ -200,6 +239,9 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
     user = _pending_user(request)
     if user is None:
         return redirect(_with_next("twofactor:login", request))
+    lock = lockout.lock_of(user.get_username(), request)
+    if lock:
+        return _to_login_locked(request, lock)
     if user_has_device(user, confirmed=True):
         return redirect(_with_next("twofactor:verify", request))
     # Keep one unconfirmed device, so reloading the page does not change the QR code.
@@ -210,7 +252,7 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
     error = ""
     wait = _throttle_seconds([device])
     if request.method == "POST" and form.is_valid() and wait:
-        error = f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+        error = _wait_message(wait)
     elif request.method == "POST" and form.is_valid():
         # verify_token locks the device row, so two simultaneous posts of one code
         # cannot both confirm it.
@@ -224,8 +266,9 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
             _finish_login(request, user, device)
             request.session[BACKUP_CODES_KEY] = codes
             return redirect(_with_next("twofactor:backup_codes", request))
-        if _code_failed(request, user, "wrong code at enrollment"):
-            return redirect(_with_next("twofactor:login", request))
+        refused = _code_failed(request, user, "wrong code at enrollment")
+        if refused:
+            return refused
         error = "That code does not match. Check the time on your phone and try the next code."
     secret = b32encode(device.bin_key).decode("ascii")
     context = _context(
@@ -257,9 +300,47 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
     )
 
 
+@sensitive_post_parameters("code")
+@csrf_protect
+@never_cache
+def step_up_view(request: HttpRequest) -> HttpResponse:
+    """A fresh code for a sensitive action, then back to it."""
+    user = request.user
+    if not (user.is_authenticated and user.is_staff and user.is_verified()):
+        return redirect(_with_next("twofactor:login", request))
+    reason = request.session.get(stepup.REASON_KEY, "continue")
+    form = CodeForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        device, wait = _match_code(user, form.cleaned_data["code"])
+        if wait:
+            error = _wait_message(wait)
+        elif device is not None:
+            stepup.mark_fresh(request)
+            request.session.pop(stepup.REASON_KEY, None)
+            record_auth_event(AuthEventKind.STEP_UP, request, user=user, detail=f"to {reason}")
+            messages.success(
+                request,
+                f"Confirmed. For the next {stepup.FRESH_SECONDS // 60} minutes you can {reason} "
+                "and do other sensitive actions without another code.",
+            )
+            return redirect(_next_url(request))
+        else:
+            record_auth_event(AuthEventKind.STEP_UP_FAILED, request, user=user, detail=f"to {reason}")
+            lock = lockout.record_failure(user.get_username(), request, "step-up code", user=user)
+            if lock:
+                # A stolen session must not get to guess on: it ends here.
+                logout(request)
+                return _to_login_locked(request, lock)
+            error = "That code is not valid. Use the current code from your app, or a backup code."
+    context = _context(request, form=form, error=error, reason=reason, title="Confirm it is you")
+    return render(request, "twofactor/step_up.html", context)
+
+
 urlpatterns = [
     path("login/", login_view, name="login"),
     path("verify/", verify_view, name="verify"),
     path("enroll/", enroll_view, name="enroll"),
     path("backup-codes/", backup_codes_view, name="backup_codes"),
+    path("step-up/", step_up_view, name="step_up"),
 ]

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import (
@@ -17,6 +18,7 @@ from config.env import (
     env_int,
     env_list,
     env_networks,
+    env_secret,
     env_str,
     new_django_secret_key,
     secret_or_generated,
@@ -78,6 +80,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
@@ -91,6 +94,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "config.jsonlog.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "bots.middleware.AdminIPAllowlistMiddleware",
@@ -100,7 +104,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "bots.console_security.ConsoleIdleTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "bots.console_security.ConsoleContentSecurityPolicyMiddleware",
     "audit.middleware.AuditContextMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -168,9 +174,20 @@ CELERY_TIMEZONE = "UTC"
 
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=300)
+# A console session also ends after this long without a request (bots/console_security.py).
+SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 1800, minimum=60)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True
+# Messages stay on the server: a new API key is shown once through one, and must not
+# travel in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+# Console lockout (bots/lockout.py): this many failed passwords or codes for one account
+# from one address within the window lock that account, from that address, for a while.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", 900, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -203,7 +220,28 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
+    # The API (config/api_urls.py) speaks JSON only, without the browsable pages, and
+    # answers every error as {"error": {"code", "message"}}.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "bots.api_auth.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Switchboard API",
+    "DESCRIPTION": "Call a bot's dialog engine and export the audit log. Authenticate with "
+                   "`Authorization: Api-Key <key>`; see docs/api.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+}
+# The chat API (routing/api.py): the longest one turn may take, and each key's rate.
+# The turn must end before gunicorn's worker timeout (30 s) kills the worker under it.
+CHAT_API_TIMEOUT = env_int("CHAT_API_TIMEOUT", 25, minimum=1)
+CHAT_API_RATE = env_str("CHAT_API_RATE", "60/min")
+_rate_count, _, _rate_period = CHAT_API_RATE.partition("/")
+if not (_rate_count.isdigit() and _rate_period in {"s", "sec", "m", "min", "h", "hour", "d", "day"}):
+    raise ImproperlyConfigured(f"CHAT_API_RATE={CHAT_API_RATE!r}; use requests/period, e.g. 60/min or 5/s.")
 
 # Security headers. Behind nginx the TLS hop ends at the proxy, which says so in
 # X-Forwarded-Proto; HTTPS-only cookies and HSTS are on whenever we run in production.
@@ -223,19 +261,47 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+# JSON lines (config/jsonlog.py) to standard output and, with LOG_DIR, to
+# LOG_DIR/switchboard.log. WatchedFileHandler reopens the file after logrotate moved it.
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}; use json or plain.")
+LOG_STDOUT = env_bool("LOG_STDOUT", True)
+LOG_DIR = env_str("LOG_DIR", "")
+if LOG_DIR and not Path(LOG_DIR).is_dir():
+    raise ImproperlyConfigured(f"LOG_DIR={LOG_DIR!r} is not a directory; create it or unset LOG_DIR.")
+_log_handlers = {}
+if LOG_STDOUT:
+    _log_handlers["console"] = {
+        "class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": LOG_FORMAT,
+        "filters": ["redact_credentials"],
+    }
+if LOG_DIR:
+    _log_handlers["file"] = {
+        "class": "logging.handlers.WatchedFileHandler", "filename": str(Path(LOG_DIR) / "switchboard.log"),
+        "formatter": "json", "filters": ["redact_credentials"],
+    }
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.jsonlog.JsonFormatter"},
+    },
     "filters": {"redact_credentials": {"()": "config.logredact.RedactCredentials"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "handlers": _log_handlers,
+    "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # Platforms take secrets and tokens in query strings; httpx logs request URLs.
         "httpx": {"level": "WARNING", "filters": ["redact_credentials"]},
     },
 }
+# Celery keeps the handlers above instead of installing its own plain-text ones.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Imported by the worker and beat at start: their signal handlers write the heartbeats
+# /metrics and doctor read, and give each task a fresh log context.
+CELERY_IMPORTS = ("config.heartbeat", "config.jsonlog")
 
 # Limits of the callback path.
 CALLBACK_MAX_BODY_BYTES = env_int("CALLBACK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
@@ -251,7 +317,34 @@ OUTBOX_SWEEP_BATCH = env_int("OUTBOX_SWEEP_BATCH", 500, minimum=1)
 OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 30, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sweep-outbox": {"task": "routing.tasks.sweep_outbox", "schedule": float(OUTBOX_SWEEP_INTERVAL)},
+    "check-api-key-expiry": {"task": "bots.tasks.check_api_key_expiry", "schedule": crontab(hour=6, minute=0)},
 }
 # An unacknowledged task returns to the queue after this long (a worker killed with
 # kill -9 never acknowledges); it must exceed the longest task.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+
+# Operations: /metrics, and what `manage.py doctor` checks (docs/operations.md).
+# Prometheus may scrape from these networks without a token, or from anywhere with
+# `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_ALLOWED_CIDRS = env_networks("METRICS_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+METRICS_TOKEN = env_secret("METRICS_TOKEN") or ""
+SWITCHBOARD_BIND = env_str("SWITCHBOARD_BIND", "0.0.0.0:18789")
+SWITCHBOARD_PUBLIC_URL = env_str("SWITCHBOARD_PUBLIC_URL", "").rstrip("/")
+TLS_CERTIFICATE_PATH = env_str("TLS_CERTIFICATE_PATH", "")
+SWITCHBOARD_SERVICE_MANAGER = env_str("SWITCHBOARD_SERVICE_MANAGER", "")
+if SWITCHBOARD_SERVICE_MANAGER not in {"", "systemd", "supervisor"}:
+    raise ImproperlyConfigured(
+        f"SWITCHBOARD_SERVICE_MANAGER={SWITCHBOARD_SERVICE_MANAGER!r}; use systemd, supervisor or leave it empty."
+    )
+
+# WeChat Official Accounts that answer with passive replies (no customer-service API):
+# how long a callback waits for the model's answer (WeChat stops waiting at 5 s), and how
+# long it keeps the connection open when the answer is not ready, so that WeChat delivers
+# the message again rather than take an empty answer. See channels_app/adapters/wechat_mp.
+WECHAT_PASSIVE_WAIT_MS = env_int("WECHAT_PASSIVE_WAIT_MS", 4500, minimum=500)
+WECHAT_PASSIVE_HOLD_MS = env_int("WECHAT_PASSIVE_HOLD_MS", 5500, minimum=5000)
+if WECHAT_PASSIVE_WAIT_MS > 4800:
+    raise ImproperlyConfigured(
+        f"WECHAT_PASSIVE_WAIT_MS={WECHAT_PASSIVE_WAIT_MS} is too long: WeChat stops waiting at 5000 ms, and an "
+        "answer handed over later would be lost. Use at most 4800."
+    )

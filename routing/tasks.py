@@ -16,7 +16,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from channels_app.errors import TransportError
@@ -24,6 +24,7 @@ from channels_app.message import OutboundReply
 from channels_app.models import InboundMessage, MessageStatus
 from channels_app.outbound import split_reply
 from channels_app.registry import adapter_for
+from config.jsonlog import bind_log_context
 from routing import ratelimit
 from routing.backends import ModelError
 from routing.context import ContextStore
@@ -33,10 +34,21 @@ from routing.engine import NoBackend
 logger = logging.getLogger("switchboard.dialog")
 
 MESSAGES_DONE = Counter(
-    "switchboard_messages_total", "Messages by final status", ["platform", "status"]
+    "switchboard_messages_total", "Messages by final status", ["platform", "bot", "status"]
 )
 SEND_RETRIES = Counter("switchboard_send_retries_total", "Reply sends retried", ["platform"])
 SWEPT = Counter("switchboard_outbox_requeued_total", "Outbox rows re-queued by the sweeper", ["status"])
+END_TO_END = Histogram(
+    "switchboard_end_to_end_seconds", "From the callback's arrival to the last reply part sent", ["platform"],
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+MODEL_SECONDS = Histogram(
+    "switchboard_model_seconds", "Time the model backend took to answer, retries included", ["backend"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+)
+MODEL_RETRIES = Counter(
+    "switchboard_model_retries_total", "Model requests repeated after a transient error", ["backend"]
+)
 
 _http: httpx.Client | None = None
 
@@ -69,7 +81,9 @@ def _finish(row: InboundMessage, status: str, error: str = "") -> None:
         row.replied_at = timezone.now()
         fields.append("replied_at")
     row.save(update_fields=fields)
-    MESSAGES_DONE.labels(row.bot.platform, status).inc()
+    MESSAGES_DONE.labels(row.bot.platform, row.bot.name, status).inc()
+    if status == MessageStatus.REPLIED:
+        END_TO_END.labels(row.bot.platform).observe((row.replied_at - row.received_at).total_seconds())
     if status == MessageStatus.FAILED:
         logger.error("message %s of bot %s failed: %s", row.pk, row.bot.name, error)
 
@@ -81,10 +95,12 @@ def _release_for_retry(row: InboundMessage, error: str) -> None:
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3, ignore_result=True)
 def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
+    bind_log_context(message_id=message_id)
     if not _claim(message_id, acked_ms):
         return "not claimed"
     row = InboundMessage.objects.select_related("bot", "bot__default_backend").get(pk=message_id)
     bot = row.bot
+    bind_log_context(bot=bot.uuid, platform=bot.platform)
     adapter_class = adapter_for(bot.platform)
     if adapter_class is None:
         _finish(row, MessageStatus.FAILED, f"no adapter for platform {bot.platform}")
@@ -97,6 +113,8 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
         except (NoBackend, ModelError) as exc:
             _finish(row, MessageStatus.FAILED, str(exc))
             return "failed"
+        MODEL_SECONDS.labels(result.backend.name).observe(result.model_ms / 1000)
+        MODEL_RETRIES.labels(result.backend.name).inc(result.completion.attempts - 1)
         row.reply_text = result.text
         row.backend = result.backend
         row.model_ms = result.model_ms
@@ -117,6 +135,8 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
                     # Unique beyond this database (a restore or a second install reuses
                     # primary keys), or Feishu would drop a real reply as a repeat.
                     idempotency_key=f"sb-{bot.uuid.hex[:12]}-{row.pk}-{index}",
+                    part=index + 1,
+                    parts=len(parts),
                 ),
                 http_client(),
             )

@@ -78,6 +78,19 @@ def make_bot(db):
     return make
 
 
+@pytest.fixture(autouse=True)
+def _forget_console_lockouts():
+    """Console lockouts (bots/lockout.py) live in Redis, keyed by user name and address:
+    every test signs in as "alice" from 127.0.0.1, so one test's lock must not leak
+    into the next."""
+    from django.core.cache import cache
+
+    try:
+        cache.delete_pattern("console-lockout:*")
+    except Exception as exc:  # no Redis: the tests that need it fail on their own, with a clearer error
+        print(f"warning: could not clear console lockouts: {exc}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _forget_redis_keys_of_this_run():
     yield

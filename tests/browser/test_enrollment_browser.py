@@ -14,8 +14,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import PASSWORD
 
-SCREENSHOT = "/tmp/enroll.png"
-
 
 def code_for(manual_key: str) -> str:
     """What an authenticator app shows for a key typed in by hand (30 s steps, 6 digits)."""
@@ -23,13 +21,14 @@ def code_for(manual_key: str) -> str:
 
 
 @pytest.mark.browser
-def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, django_user_model):
+def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, django_user_model, shot):
     django_user_model.objects.create_superuser(username="root", email="root@example.com", password=PASSWORD)
     wait = WebDriverWait(browser, 10)
 
     browser.get(f"{live_server.url}/admin/")
     wait.until(ec.presence_of_element_located((By.ID, "login-form")))
     assert "/admin/2fa/login/" in browser.current_url
+    shot("password")
     browser.find_element(By.ID, "id_username").send_keys("root")
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
@@ -38,7 +37,7 @@ def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, dja
     assert "/admin/2fa/enroll/" in browser.current_url
     qr = browser.find_element(By.CSS_SELECTOR, ".sb-qr svg")
     assert qr.is_displayed() and qr.size["width"] >= 200 and qr.size["height"] >= 200
-    browser.save_screenshot(SCREENSHOT)
+    shot("enroll-qr-code")
 
     manual_key = key_element.text
     device = TOTPDevice.objects.get(user__username="root")
@@ -48,6 +47,7 @@ def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, dja
 
     codes = wait.until(ec.visibility_of_element_located((By.ID, "backup-codes")))
     assert len(codes.find_elements(By.TAG_NAME, "li")) == 10
+    shot("backup-codes")
     device.refresh_from_db()
     assert device.confirmed
     browser.find_element(By.ID, "continue").click()
@@ -57,3 +57,4 @@ def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, dja
     assert browser.find_element(By.ID, "site-name").text == "Switchboard console"
     assert browser.find_element(By.CSS_SELECTOR, "#content h1").text == "Bots, models and routing"
     assert browser.find_elements(By.CSS_SELECTOR, "a[href='/admin/bots/bot/']"), "the index lists no bots link"
+    shot("console-index")
