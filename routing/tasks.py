@@ -99,6 +99,7 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
     if not _claim(message_id, acked_ms):
         return "not claimed"
     row = InboundMessage.objects.select_related("bot", "bot__default_backend").get(pk=message_id)
+    first_delivery = row.replied_at is None
     bot = row.bot
     bind_log_context(bot=bot.uuid, platform=bot.platform)
     adapter_class = adapter_for(bot.platform)
@@ -153,7 +154,9 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
         raise self.retry(countdown=retry_after or 2 ** self.request.retries) from None
     row.send_ms = (time.perf_counter() - started) * 1000
     row.save(update_fields=["send_ms"])
-    context.append(bot, row.chat_id, row.sender_id, row.text, row.reply_text)
+    if first_delivery:
+        # A reply re-sent from the console is already part of the conversation.
+        context.append(bot, row.chat_id, row.sender_id, row.text, row.reply_text)
     _finish(row, MessageStatus.REPLIED)
     return "replied"
 

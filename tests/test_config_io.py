@@ -532,7 +532,7 @@ def test_stdin_and_base_url(db):
 
     assert f"callback URL https://bots.example.com/callback/wecom/{SALES_UUID}/" in out
     assert Bot.objects.count() == 2
-    entry = LogEntry.objects.filter(object_pk=str(Bot.objects.get(name="sales-bot").pk)).get()
+    entry = LogEntry.objects.get_for_object(Bot.objects.get(name="sales-bot")).get()
     assert entry.additional_data["file"] == "<stdin>"
 
 
