@@ -304,6 +304,11 @@ class _Planner:
         first_seen: dict[object, int] = {}
         for index, entry in sections.get(section, []):
             key = key_of(entry)
+            try:
+                hash(key)
+            except TypeError:
+                # A list or object where a name belongs: the type check reports it.
+                continue
             if key is None:
                 continue
             if key in first_seen:

@@ -1,0 +1,405 @@
+"""`python -m bench`: ingestion, end-to-end and context figures in one run.
+
+Needs PostgreSQL (or SQLite) at DATABASE_URL and Redis at REDIS_URL, like the app. It
+makes its own bots (named bench-…), queue and key prefix, and removes them at the end.
+Prints a table and writes the figures as JSON to var/bench/. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per phase (figures meaningless)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per ingestion phase")
+    p.add_argument("--e2e-duration", type=float, default=10.0, help="seconds per end-to-end rate")
+    p.add_argument("--e2e-rates", default="50,100", help="end-to-end messages per second, comma-separated")
+    p.add_argument("--ack-rate", type=float, default=200.0, help="fixed rate for the ack-latency phase")
+    p.add_argument("--concurrency", type=int, default=16, help="load generator connections (closed loop)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (deployed default: 2)")
+    p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2,
+                   help="Celery worker processes (deployed default: the core count)")
+    p.add_argument("--phases", default="ingestion,e2e,context", help="which parts to run")
+    p.add_argument("--no-migrate", action="store_true", help="the database is migrated already")
+    p.add_argument("--out", help="JSON file to write (default var/bench/bench-<time>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.e2e_duration, args.e2e_rates, args.ack_rate = 1.5, 2.0, "20", 50.0
+    return args
+
+
+def _setup_django() -> str:
+    """Point this process and the ones it starts at bench.settings, on a private queue and
+    key prefix; returns the run's name."""
+    run = os.environ.get("SWITCHBOARD_BENCH_RUN") or f"bench{os.getpid()}"
+    os.environ["SWITCHBOARD_BENCH_RUN"] = run
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = run
+    os.environ["CACHE_KEY_PREFIX"] = run
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{run}-metrics-")
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+    return run
+
+
+def _subprocess_env() -> dict[str, str]:
+    from tests.processes import process_env
+
+    env = process_env()
+    env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    return env
+
+
+class Gunicorn:
+    def __init__(self, workers: int, log_dir: Path) -> None:
+        from tests.processes import free_port
+
+        self.workers = workers
+        self.port = free_port()
+        self.log = log_dir / "gunicorn.log"
+        self.args = [str(REPO_ROOT / ".venv/bin/gunicorn"), "config.wsgi:application",
+                     "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--worker-class", "sync",
+                     "--no-control-socket"]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gunicorn:
+        import httpx
+
+        from tests.processes import start_group, wait_until
+
+        self.process = start_group(self.args, _subprocess_env(), self.log)
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code < 500, timeout=60,
+                   what="gunicorn answering", interval=0.2, alive=self.process)
+        return self
+
+    def stop(self) -> None:
+        from tests.processes import stop_group
+
+        if self.process is not None and self.process.poll() is None:
+            stop_group(self.process, timeout=20)
+
+
+class Worker:
+    def __init__(self, concurrency: int, queue: str, log_dir: Path) -> None:
+        self.concurrency = concurrency
+        self.log = log_dir / "celery.log"
+        self.args = [str(REPO_ROOT / ".venv/bin/celery"), "-A", "config", "worker", "-Q", queue,
+                     "-c", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-l", "WARNING"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        from tests.processes import start_group, wait_until
+
+        self.process = start_group([*self.args[:-1], "INFO"], _subprocess_env(), self.log)
+        wait_until(lambda: "ready." in self.log.read_text(errors="replace"), timeout=60,
+                   what="celery worker ready", interval=0.2, alive=self.process)
+        return self
+
+    def stop(self) -> None:
+        from tests.processes import stop_group
+
+        if self.process is not None and self.process.poll() is None:
+            stop_group(self.process, timeout=20)
+
+
+def loadgen(url: str, platform_name: str, bot, log_dir: Path, *, duration: float, concurrency: int = 16,
+            rate: float = 0.0, records: bool = False) -> dict:
+    """One run of bench.loadgen in its own process; its JSON result."""
+    out = log_dir / f"loadgen-{secrets.token_hex(3)}.json"
+    args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--platform", platform_name,
+            "--duration", str(duration), "--concurrency", str(concurrency), "--json", str(out)]
+    if bot is not None:
+        args += ["--app-id", bot.app_id, "--token", bot.token, "--aes-key", bot.encoding_aes_key]
+    if rate:
+        args += ["--rate", str(rate)]
+    if records:
+        args.append("--records")
+    subprocess.run(args, cwd=REPO_ROOT, env=_subprocess_env(), check=True, timeout=duration + 120)
+    return json.loads(out.read_text())
+
+
+# -- the parts --------------------------------------------------------------------------
+
+
+def _make_bots(run: str, wecom_url: str = "", model_url: str = "") -> dict:
+    import base64
+
+    from bots.models import Bot
+    from routing.models import ModelBackend
+    from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET
+
+    backend = ModelBackend.objects.create(name=f"{run}-model", kind="openai",
+                                          base_url=f"{model_url or 'http://127.0.0.1:9'}/v1", model="bench")
+    common = {"default_backend": backend, "rate_limit_qps": 1000.0}
+    return {
+        "backend": backend,
+        "wecom": Bot.objects.create(
+            name=f"{run}-wecom", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
+            token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+            api_base_url=wecom_url or "http://127.0.0.1:9", extra={"agent_id": 1000002}, **common),
+        "feishu": Bot.objects.create(
+            name=f"{run}-feishu", platform="feishu", app_id="cli_fake_app", app_secret="fake-app-secret",  # noqa: S106 (the fake's app)
+            token=secrets.token_urlsafe(12), encoding_aes_key=secrets.token_urlsafe(16),
+            api_base_url="http://127.0.0.1:9", **common),
+    }
+
+
+def _drop_queue(queue: str) -> None:
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
+
+
+def ingestion(args: argparse.Namespace, bots: dict, log_dir: Path, gunicorn: Gunicorn) -> dict:
+    """Closed-loop requests/s of the bare DRF POST and of each platform's callback, then
+    the ack latency of WeCom callbacks at a fixed rate. Nothing drains the queue."""
+    bare_url = f"{gunicorn.url}/bench/bare"
+    loadgen(bare_url, "bare", None, log_dir, duration=1.0, concurrency=args.concurrency)  # warm-up
+    results = {"bare_before": loadgen(bare_url, "bare", None, log_dir, duration=args.duration,
+                                      concurrency=args.concurrency)}
+    for name in ("wecom", "feishu"):
+        bot = bots[name]
+        results[name] = loadgen(gunicorn.url + bot.callback_path, name, bot, log_dir, duration=args.duration,
+                                concurrency=args.concurrency)
+    results["bare_after"] = loadgen(bare_url, "bare", None, log_dir, duration=args.duration,
+                                    concurrency=args.concurrency)
+    results["wecom_fixed_rate"] = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"],
+                                          log_dir, duration=args.duration, rate=args.ack_rate)
+    bare = (results["bare_before"]["requests_per_second"] + results["bare_after"]["requests_per_second"]) / 2
+    results["bare_mean_rps"] = round(bare, 1)
+    results["ratios"] = {name: round(results[name]["requests_per_second"] / bare, 3) if bare else None
+                         for name in ("wecom", "feishu")}
+    return results
+
+
+def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Gunicorn) -> dict:
+    """Callbacks at fixed rates through a real worker pool; the reply observed at the fake
+    WeCom; the instant fake model answers."""
+    from tests.fakes.model import FakeModel
+    from tests.fakes.wecom import FakeWeCom
+
+    results = {}
+    with FakeWeCom() as wecom, FakeModel(answer=lambda request: request["messages"][-1]["content"]) as model:
+        bots = _make_bots(f"{run}-e2e", wecom.url, model.url)
+        _drop_queue(run)  # the ingestion phase's undrained tasks
+        worker = Worker(args.celery_concurrency, run, log_dir).start()
+        try:
+            for rate in [float(r) for r in args.e2e_rates.split(",") if r.strip()]:
+                wecom.reset()
+                sent = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
+                               duration=args.e2e_duration, rate=rate, records=True)
+                accepted = {r["message_id"]: r["sent_at"] for r in sent.pop("records") if r["status"] == 200}
+                results[f"rate_{rate:g}"] = _collect_replies(wecom, accepted, sent, rate)
+        finally:
+            worker.stop()
+    return results
+
+
+def _collect_replies(wecom, accepted: dict[str, float], sent: dict, rate: float, wait: float = 30.0) -> dict:
+    from bench.loadgen import summarize
+
+    deadline = time.monotonic() + wait
+    replies: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        for record in wecom.received(r"/message/send"):
+            match = re.search(r"bench (\d+)", record.body.decode(errors="replace"))
+            if match and match.group(1) in accepted:
+                replies.setdefault(match.group(1), record.at)
+        if len(replies) >= len(accepted):
+            break
+        time.sleep(0.2)
+    sends = [r for r in wecom.received(r"/message/send")]
+    latencies = sorted((replies[m] - accepted[m]) * 1000 for m in replies)
+    return {
+        "rate": rate,
+        "sent": sent["requests"],
+        "accepted": len(accepted),
+        "delivered": len(replies),
+        "reply_requests": len(sends),
+        "ack_ms": sent["ack_ms"],
+        "end_to_end_ms": summarize(latencies),
+    }
+
+
+class _CountingRedis:
+    """Counts round trips: one per command call, one per pipeline execute."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.round_trips = 0
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.client, name)
+        if name == "pipeline":
+            def pipeline(*a, **kw):
+                pipe = attribute(*a, **kw)
+                execute = pipe.execute
+
+                def counted_execute(*ea, **ekw):
+                    self.round_trips += 1
+                    return execute(*ea, **ekw)
+
+                pipe.execute = counted_execute
+                return pipe
+            return pipeline
+        if callable(attribute):
+            def command(*a, **kw):
+                self.round_trips += 1
+                return attribute(*a, **kw)
+            return command
+        return attribute
+
+
+def context(args: argparse.Namespace, run: str) -> dict:
+    """Redis round trips and time per turn (load + save) with 1, 10 and 50 turns of history."""
+    import uuid
+    from types import SimpleNamespace
+
+    from django_redis import get_redis_connection
+
+    from bench.loadgen import summarize
+    from routing.context import ContextStore
+
+    iterations = 30 if args.quick else 500
+    results = {}
+    for turns in (1, 10, 50):
+        bot = SimpleNamespace(uuid=uuid.uuid4(), name=f"{run}-ctx", max_context_turns=turns, context_ttl=60)
+        client = _CountingRedis(get_redis_connection("default"))
+        store = ContextStore(redis=client)
+        for n in range(turns):
+            store.append(bot, "chat", "user", f"question {n} " + "x" * 80, f"answer {n} " + "y" * 200)
+        client.round_trips = 0
+        times = []
+        for n in range(iterations):
+            started = time.perf_counter()
+            history = store.load(bot, "chat", "user")
+            store.append(bot, "chat", "user", f"question {n} " + "x" * 80, f"answer {n} " + "y" * 200)
+            times.append((time.perf_counter() - started) * 1000)
+        assert len(history) == 2 * turns
+        results[f"turns_{turns}"] = {"turns": turns, "round_trips_per_turn": client.round_trips / iterations,
+                                     "ms_per_turn": summarize(sorted(times))}
+        store.clear(bot, "chat", "user")
+    return results
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table(report: dict) -> str:
+    lines = [f"Switchboard bench — {report['machine']['cores']} cores, load {report['machine']['loadavg']}, "
+             f"gunicorn {report['settings']['gunicorn']}, celery {report['settings']['celery']}"]
+    ing = report.get("ingestion")
+    if ing:
+        lines += ["", f"Ingestion (closed loop, {ing['wecom']['mode']})",
+                  f"{'endpoint':<22}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  statuses"]
+        for key, label in (("bare_before", "bare DRF POST (1st)"), ("wecom", "WeCom callback"),
+                           ("feishu", "Feishu callback"), ("bare_after", "bare DRF POST (2nd)"),
+                           ("wecom_fixed_rate", f"WeCom @ {ing['wecom_fixed_rate']['mode']}")):
+            r = ing[key]
+            ratio = ing["ratios"].get(key) if key in ing["ratios"] else None
+            lines.append(f"{label:<22}{_fmt(r['requests_per_second']):>9}{_fmt(ratio):>8}"
+                         f"{_fmt(r['ack_ms']['p50']):>9}{_fmt(r['ack_ms']['p95']):>9}{_fmt(r['ack_ms']['p99']):>9}"
+                         f"  {r['statuses']}")
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines += ["", "End to end (callback sent -> reply received at the fake WeCom; instant model)",
+                  f"{'rate/s':<8}{'accepted':>9}{'delivered':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+                  f"{'ack p99':>9}"]
+        for key, r in e2e.items():
+            if key.startswith("rate_"):
+                lines.append(f"{_fmt(r['rate']):<8}{r['accepted']:>9}{r['delivered']:>10}"
+                             f"{_fmt(r['end_to_end_ms']['p50']):>9}{_fmt(r['end_to_end_ms']['p95']):>9}"
+                             f"{_fmt(r['end_to_end_ms']['p99']):>9}{_fmt(r['ack_ms']['p99']):>9}")
+    ctx = report.get("context")
+    if ctx:
+        lines += ["", "Context (load + save of one turn)",
+                  f"{'turns':<8}{'round trips':>12}{'p50 ms':>9}{'p99 ms':>9}"]
+        for r in ctx.values():
+            lines.append(f"{r['turns']:<8}{_fmt(r['round_trips_per_turn']):>12}{_fmt(r['ms_per_turn']['p50']):>9}"
+                         f"{_fmt(r['ms_per_turn']['p99']):>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    run = _setup_django()
+    import celery
+    import gunicorn
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from bots.models import Bot
+    from routing.models import ModelBackend
+
+    if not args.no_migrate:
+        call_command("migrate", verbosity=0)
+    phases = {p.strip() for p in args.phases.split(",")}
+    log_dir = Path(tempfile.mkdtemp(prefix=f"{run}-logs-"))
+    report: dict = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "machine": {"cores": os.cpu_count(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                    "python": platform.python_version(), "system": platform.platform()},
+        "settings": {
+            "gunicorn": f"{gunicorn.__version__}, {args.workers} sync workers, no threads",
+            "celery": f"{celery.__version__}, prefork -c {args.celery_concurrency}, prefetch "
+                      f"{settings.CELERY_WORKER_PREFETCH_MULTIPLIER}",
+            "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
+            "load_generator": f"bench.loadgen (asyncio, own process), {args.concurrency} connections, "
+                              "one connection per request",
+        },
+    }
+    gunicorn_server = Gunicorn(args.workers, log_dir)
+    try:
+        if phases & {"ingestion", "e2e"}:
+            gunicorn_server.start()
+        if "ingestion" in phases:
+            report["ingestion"] = ingestion(args, _make_bots(run), log_dir, gunicorn_server)
+        if "e2e" in phases:
+            report["end_to_end"] = end_to_end(args, run, log_dir, gunicorn_server)
+        if "context" in phases:
+            report["context"] = context(args, run)
+    finally:
+        gunicorn_server.stop()
+        Bot.objects.filter(name__startswith=f"{run}-").delete()
+        ModelBackend.objects.filter(name__startswith=f"{run}-").delete()
+        _drop_queue(run)
+    report["logs"] = str(log_dir)
+    print(table(report))
+    out = Path(args.out) if args.out else REPO_ROOT / "var" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
