@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from django.db.models import F, Q
+
 from bots.models import Bot
 from routing.models import MatchKind, ModelBackend, RoutingRule
 
@@ -48,12 +50,12 @@ def rule_matches(rule: RoutingRule, bot: Bot, text: str, chat_type: str) -> bool
 
 
 def candidate_rules(bot: Bot) -> list[RoutingRule]:
-    rules = RoutingRule.objects.filter(enabled=True, backend__enabled=True).select_related(
-        "backend", "fallback_backend"
+    """The bot's rules, then the global ones, each by priority: one query."""
+    return list(
+        RoutingRule.objects.filter(Q(bot=bot) | Q(bot__isnull=True), enabled=True, backend__enabled=True)
+        .select_related("backend", "fallback_backend")
+        .order_by(F("bot").asc(nulls_last=True), "priority", "id")
     )
-    own = [r for r in rules.filter(bot=bot).order_by("priority", "id")]
-    shared = [r for r in rules.filter(bot__isnull=True).order_by("priority", "id")]
-    return own + shared
 
 
 def select_backend(bot: Bot, text: str, chat_type: str) -> Selection:
