@@ -8,6 +8,7 @@ message, bot and platform it works on, and every Celery task starts from an empt
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from celery.signals import task_prerun
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from config.clientip import client_ip
@@ -27,9 +29,9 @@ _context: ContextVar[dict[str, str] | None] = ContextVar("switchboard_log_contex
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
-# A request id from the proxy in front is kept only if it looks like one (nginx's
-# $request_id is 32 hex digits); anything else is replaced, so a client cannot write
-# arbitrary text into our logs.
+# A request id is taken from the proxy in front (nginx sends its $request_id, 32 hex
+# digits) when it is a trusted proxy and the id looks like one; anything else gets a new
+# id, so a client cannot write arbitrary text into our logs.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 access_logger = logging.getLogger("switchboard.access")
@@ -38,10 +40,6 @@ access_logger = logging.getLogger("switchboard.access")
 def bind_log_context(**fields: object) -> None:
     """Add fields (None values are skipped) to the context of the current request or task."""
     _context.set({**(_context.get() or {}), **{key: str(value) for key, value in fields.items() if value is not None}})
-
-
-def log_context() -> dict[str, str]:
-    return dict(_context.get() or {})
 
 
 @task_prerun.connect
@@ -79,6 +77,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def _from_trusted_proxy(request: HttpRequest) -> bool:
+    try:
+        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(peer in network for network in settings.TRUSTED_PROXIES)
+
+
 class RequestContextMiddleware:
     """Give every request an id (the proxy's X-Request-ID when it sends a sane one), put
     it in the log context and the response, and write one access log line per request.
@@ -91,7 +97,9 @@ class RequestContextMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         offered = request.META.get("HTTP_X_REQUEST_ID", "")
-        request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+        if not (_REQUEST_ID.match(offered) and _from_trusted_proxy(request)):
+            offered = uuid.uuid4().hex
+        request_id = offered
         request.request_id = request_id
         token = _context.set({"request_id": request_id})
         started = time.perf_counter()

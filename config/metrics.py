@@ -23,7 +23,7 @@ from pathlib import Path
 import prometheus_client
 from cryptography import x509
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from kombu import Connection
@@ -54,13 +54,18 @@ def _outbox() -> Collected:
     from channels_app.models import InboundMessage, MessageStatus
 
     now = timezone.now()
-    counts = InboundMessage.objects.filter(
-        Q(status=MessageStatus.RECEIVED, received_at__lt=now - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER))
-        | Q(status=MessageStatus.PROCESSING, started_at__lt=now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER))
-    ).values_list("status")
+    counts = (
+        InboundMessage.objects.filter(
+            Q(status=MessageStatus.RECEIVED, received_at__lt=now - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER))
+            | Q(status=MessageStatus.PROCESSING, started_at__lt=now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER))
+        )
+        .order_by()
+        .values_list("status")
+        .annotate(count=Count("pk"))
+    )
     stuck = {MessageStatus.RECEIVED: 0, MessageStatus.PROCESSING: 0}
-    for (status,) in counts:
-        stuck[status] += 1
+    for status, count in counts:
+        stuck[status] = count
     family = GaugeMetricFamily(
         "switchboard_outbox_stuck", "Messages waiting past OUTBOX_RECEIVED_AFTER or processing past OUTBOX_STUCK_AFTER",
         labels=["status"],

@@ -28,6 +28,7 @@ Environment (see docs/configuration.md for the settings themselves):
                             create the first admin without prompting
   REDIS_URL                 Redis to use                    (default redis://127.0.0.1:6379/0)
   SWITCHBOARD_VAR_DIR       database, secrets, static files (default var/)
+  PROMETHEUS_MULTIPROC_DIR  metrics of all processes        (default var/metrics)
 EOF
 }
 
@@ -55,6 +56,7 @@ WEB_WORKERS="${SWITCHBOARD_WEB_WORKERS:-2}"
 QUEUE="${CELERY_TASK_DEFAULT_QUEUE:-switchboard}"
 PORT="${BIND##*:}"
 BIND_HOST="${BIND%:*}"
+METRICS_DIR="${PROMETHEUS_MULTIPROC_DIR:-$VAR_DIR/metrics}"
 
 case "$WEB_WORKERS" in
     '' | *[!0-9]* | 0) printf 'SWITCHBOARD_WEB_WORKERS=%s is not a positive whole number.\n' "$WEB_WORKERS" >&2; exit 2 ;;
@@ -157,6 +159,11 @@ trap 'stop_services; exit 130' INT
 trap 'stop_services; exit 143' TERM
 trap stop_services EXIT
 
+# gunicorn's processes and the Celery worker's all write their metrics here, so /metrics
+# adds them up (config/metrics.py); emptied at every start.
+rm -rf "$METRICS_DIR"
+mkdir -p "$METRICS_DIR"
+export PROMETHEUS_MULTIPROC_DIR="$METRICS_DIR"
 FIX="is Redis reachable at CELERY_BROKER_URL (default REDIS_URL)? read the Celery log above"
 .venv/bin/celery -A config worker --loglevel INFO --hostname "$QUEUE@%h" &
 WORKER_PID=$!
