@@ -45,11 +45,8 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element, ParseError
 
-import defusedxml.ElementTree as SafeET
 import httpx
-from defusedxml import DefusedXmlException
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -71,12 +68,9 @@ from channels_app.adapters.wechat_mp.passive import (
 )
 from channels_app.base import Adapter
 from channels_app.crypto import (
-    InvalidEncodingAESKey,
-    MalformedCiphertext,
-    WXBizMsgCrypt,
-    WXBizMsgCryptError,
     signature_matches,
 )
+from channels_app.crypto.callback import TIMESTAMP, bot_crypt, decrypt_for_bot, query_params, xml_fields
 from channels_app.errors import MalformedRequest, ReplayedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.models import InboundMessage, MessageStatus
@@ -115,31 +109,8 @@ ERRCODE_HINTS = {
     48001: "this account may not use the customer-service API (unverified accounts cannot); "
            'set extra {"customer_service_api": false} to answer with passive replies',
 }
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 # XML 1.0 refuses these even inside CDATA; a model may still produce them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _query_params(request: HttpRequest) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for name, values in request.GET.lists():
-        if len(values) > 1:
-            # Two values for one signed field: refuse rather than guess which was signed.
-            raise MalformedRequest(f"query parameter {name[:40]!r} appears more than once")
-        params[name] = values[0]
-    return params
-
-
-def _parse_xml(data: bytes | str, what: str) -> dict[str, str]:
-    """The child elements of an XML document from outside, refusing DTDs, entities and
-    external references (billion laughs, XXE)."""
-    try:
-        root: Element = SafeET.fromstring(data, forbid_dtd=True)
-    except DefusedXmlException as exc:
-        raise MalformedRequest(f"{what} contains a forbidden XML construct ({type(exc).__name__})") from exc
-    except ParseError as exc:
-        raise MalformedRequest(f"{what} is not well-formed XML: {exc}") from exc
-    return {child.tag: child.text or "" for child in root}
 
 
 def url_signature(token: str, timestamp: str, nonce: str) -> str:
@@ -191,30 +162,12 @@ class WeChatMPAdapter(Adapter):
 
     # -- inbound -----------------------------------------------------------------------
 
-    def _crypt(self) -> WXBizMsgCrypt:
-        try:
-            return WXBizMsgCrypt(str(self.bot.encoding_aes_key), str(self.bot.app_id))
-        except InvalidEncodingAESKey as exc:
-            # Our configuration, not the caller's fault; but without a key nothing can be
-            # authenticated, so the request is refused like any other we cannot verify.
-            raise SignatureInvalid(f"this bot's EncodingAESKey is unusable: {exc}") from exc
-
-    def _decrypt(self, ciphertext: str) -> str:
-        try:
-            return self._crypt().decrypt(ciphertext)
-        except MalformedCiphertext as exc:
-            raise MalformedRequest(f"cannot decrypt: {exc}") from exc
-        except WXBizMsgCryptError as exc:
-            # A wrong EncodingAESKey or a message for another AppID: the request proved
-            # knowledge of the Token but not of the key.
-            raise SignatureInvalid(f"cannot decrypt: {exc}") from exc
-
     @staticmethod
     def _require(params: dict[str, str], *names: str) -> None:
         missing = [name for name in names if not params.get(name)]
         if missing:
             raise MalformedRequest(f"query parameters missing: {', '.join(missing)}")
-        if not _TIMESTAMP.fullmatch(params["timestamp"]):
+        if not TIMESTAMP.fullmatch(params["timestamp"]):
             raise MalformedRequest("timestamp is not a number of seconds")
 
     def _check_url_signature(self, params: dict[str, str]) -> None:
@@ -225,7 +178,7 @@ class WeChatMPAdapter(Adapter):
 
     def verify(self, request: HttpRequest) -> None:
         self._started = time.monotonic()
-        params = _query_params(request)
+        params = query_params(request)
         if not str(self.bot.token):
             # With an empty Token anyone could compute the signature.
             raise SignatureInvalid("this bot has no callback Token configured")
@@ -239,7 +192,7 @@ class WeChatMPAdapter(Adapter):
         encrypt_type = params.get("encrypt_type", "raw")
         if encrypt_type == "aes":
             self._require(params, "msg_signature", "timestamp", "nonce")
-            encrypted = _parse_xml(request.body, "request body").get("Encrypt", "")
+            encrypted = xml_fields(request.body, "request body").get("Encrypt", "")
             if not encrypted:
                 raise MalformedRequest("request body has no Encrypt element")
             if not self.bot.app_id:
@@ -248,7 +201,7 @@ class WeChatMPAdapter(Adapter):
                                      params["nonce"], encrypted):
                 raise SignatureInvalid("msg_signature does not match: the Token in WeChat and in Switchboard differ")
             self.check_timestamp(int(params["timestamp"]))
-            self._fields = _parse_xml(self._decrypt(encrypted), "decrypted message")
+            self._fields = xml_fields(decrypt_for_bot(self.bot, encrypted), "decrypted message")
             self._encrypted = True
         elif encrypt_type == "raw":
             if str(self.bot.encoding_aes_key):
@@ -259,7 +212,7 @@ class WeChatMPAdapter(Adapter):
             self._require(params, "signature", "timestamp", "nonce")
             self._check_url_signature(params)
             self.check_timestamp(int(params["timestamp"]))
-            self._fields = _parse_xml(request.body, "request body")
+            self._fields = xml_fields(request.body, "request body")
         else:
             raise MalformedRequest(f"encrypt_type {encrypt_type[:20]!r} is neither aes nor raw")
         if self._fields.get("MsgType") == "text":
@@ -447,7 +400,7 @@ class WeChatMPAdapter(Adapter):
 
     def seal_reply(self, xml: str, timestamp: str, nonce: str, random16: bytes | None = None) -> str:
         """The encrypted envelope of a passive reply (safe and compatible mode)."""
-        return self._crypt().reply_envelope(str(self.bot.token), xml, timestamp, nonce, random16)
+        return bot_crypt(self.bot).reply_envelope(str(self.bot.token), xml, timestamp, nonce, random16)
 
     def _passive_response(self, content: str) -> HttpResponse:
         fields = self._fields or {}

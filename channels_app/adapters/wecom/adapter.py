@@ -13,24 +13,16 @@ message/send with the app's AgentId.
 from __future__ import annotations
 
 import logging
-import re
-from urllib.parse import unquote
-from xml.etree.ElementTree import Element, ParseError
 
-import defusedxml.ElementTree as SafeET
 import httpx
-from defusedxml import DefusedXmlException
 from django.http import HttpRequest, HttpResponse
 
 from bots.models import Bot
 from channels_app.base import Adapter
 from channels_app.crypto import (
-    InvalidEncodingAESKey,
-    MalformedCiphertext,
-    WXBizMsgCrypt,
-    WXBizMsgCryptError,
     signature_matches,
 )
+from channels_app.crypto.callback import TIMESTAMP, decrypt_for_bot, query_params, xml_fields
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
@@ -53,44 +45,6 @@ ERRCODE_HINTS = {
     60020: "add this server's public IP to the app's 企业可信IP list in the WeCom admin console",
     81013: "the user is not in the app's visible range (可见范围)",
 }
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
-
-
-def _query_params(request: HttpRequest) -> dict[str, str]:
-    """The query string with '+' kept as '+'.
-
-    request.GET turns a literal '+' into a space (form encoding). WeCom percent-encodes
-    the base64 echostr, but a proxy that decodes it once would leave bare '+' signs, and
-    base64 never contains a space, so reading '+' literally is right in both cases.
-    """
-    params: dict[str, str] = {}
-    for pair in request.META.get("QUERY_STRING", "").split("&"):
-        if not pair:
-            continue
-        name, _, value = pair.partition("=")
-        name = unquote(name)
-        if name in params:
-            # Two values for one signed field: refuse rather than guess which was signed.
-            raise MalformedRequest(f"query parameter {name[:40]!r} appears more than once")
-        params[name] = unquote(value)
-    return params
-
-
-def _parse_xml(data: bytes | str, what: str) -> Element:
-    """Parse XML from outside, refusing DTDs, entities and external references
-    (billion laughs, XXE)."""
-    try:
-        return SafeET.fromstring(data, forbid_dtd=True)
-    except DefusedXmlException as exc:
-        raise MalformedRequest(f"{what} contains a forbidden XML construct ({type(exc).__name__})") from exc
-    except ParseError as exc:
-        raise MalformedRequest(f"{what} is not well-formed XML: {exc}") from exc
-
-
-def _fields(root: Element) -> dict[str, str]:
-    return {child.tag: child.text or "" for child in root}
-
-
 @register
 class WeComAdapter(Adapter):
     platform = "wecom"
@@ -104,25 +58,6 @@ class WeComAdapter(Adapter):
         self._plaintext: str | None = None
 
     # -- inbound -----------------------------------------------------------------------
-
-    def _crypt(self) -> WXBizMsgCrypt:
-        try:
-            return WXBizMsgCrypt(str(self.bot.encoding_aes_key), str(self.bot.app_id))
-        except InvalidEncodingAESKey as exc:
-            # Our configuration, not the caller's fault; but without a key nothing can be
-            # authenticated, so the request is refused like any other we cannot verify.
-            raise SignatureInvalid(f"this bot's EncodingAESKey is unusable: {exc}") from exc
-
-    def _decrypt(self, ciphertext: str) -> str:
-        try:
-            return self._crypt().decrypt(ciphertext)
-        except MalformedCiphertext as exc:
-            # Signed but structurally impossible: a broken sender, not a wrong key.
-            raise MalformedRequest(f"cannot decrypt: {exc}") from exc
-        except WXBizMsgCryptError as exc:
-            # A wrong EncodingAESKey or a message for another CorpID is an authentication
-            # failure: the request proved knowledge of the Token but not of the key.
-            raise SignatureInvalid(f"cannot decrypt: {exc}") from exc
 
     def _check_signature(self, params: dict[str, str], signed_value: str) -> None:
         token = str(self.bot.token)
@@ -140,26 +75,26 @@ class WeComAdapter(Adapter):
             raise MalformedRequest(f"query parameters missing: {', '.join(missing)}")
         # ASCII digits only, and few of them: int() of a huge digit string is slow or
         # raises, and no real clock needs more than 12 digits of seconds.
-        if not _TIMESTAMP.fullmatch(params["timestamp"]):
+        if not TIMESTAMP.fullmatch(params["timestamp"]):
             raise MalformedRequest("timestamp is not a number of seconds")
 
     def verify(self, request: HttpRequest) -> None:
-        params = _query_params(request)
+        params = query_params(request)
         if request.method == "GET":
             self._require(params, "msg_signature", "timestamp", "nonce", "echostr")
             self._check_signature(params, params["echostr"])
             self.check_timestamp(int(params["timestamp"]))
-            self._echo = self._decrypt(params["echostr"])
+            self._echo = decrypt_for_bot(self.bot, params["echostr"])
             return
 
         self._require(params, "msg_signature", "timestamp", "nonce")
-        envelope = _fields(_parse_xml(request.body, "request body"))
+        envelope = xml_fields(request.body, "request body")
         encrypted = envelope.get("Encrypt", "")
         if not encrypted:
             raise MalformedRequest("request body has no Encrypt element")
         self._check_signature(params, encrypted)
         self.check_timestamp(int(params["timestamp"]))
-        self._plaintext = self._decrypt(encrypted)
+        self._plaintext = decrypt_for_bot(self.bot, encrypted)
         # Claimed last, so a request refused for another reason never holds the nonce.
         self.claim_nonce(params["nonce"])
 
@@ -173,7 +108,7 @@ class WeComAdapter(Adapter):
     def parse(self, request: HttpRequest) -> ParsedMessage | None:
         if self._plaintext is None:
             raise MalformedRequest("nothing was decrypted for this request")
-        fields = _fields(_parse_xml(self._plaintext, "decrypted message"))
+        fields = xml_fields(self._plaintext, "decrypted message")
         if fields.get("MsgType") != "text":
             # Events (enter_agent, subscribe, …) and media: acknowledged so WeCom stops
             # re-delivering them, and not answered.
