@@ -348,3 +348,7 @@ if WECHAT_PASSIVE_WAIT_MS > 4800:
         f"WECHAT_PASSIVE_WAIT_MS={WECHAT_PASSIVE_WAIT_MS} is too long: WeChat stops waiting at 5000 ms, and an "
         "answer handed over later would be lost. Use at most 4800."
     )
+
+# /readyz always reports whether a Celery worker is alive; with this it also answers 503
+# when none is (see config/health.py for why that is not the default).
+READYZ_REQUIRES_WORKER = env_bool("READYZ_REQUIRES_WORKER", False)

@@ -22,7 +22,9 @@ def _redis_at(url: str) -> dict:
 
 
 def _oks(response) -> dict:
-    return {name: result["ok"] for name, result in response.json()["checks"].items()}
+    """The dependency checks that decide readiness (the worker line is only reported by
+    default; test_readyz_reports_the_worker... covers it)."""
+    return {name: result["ok"] for name, result in response.json()["checks"].items() if name != "worker"}
 
 
 @pytest.fixture
@@ -98,3 +100,26 @@ def test_readyz_turns_503_when_the_database_is_unreachable(client, tmp_path):
     assert response.status_code == 503
     assert _oks(response) == {"database": False, "redis": True, "broker": True}
     assert "OperationalError" in response.json()["checks"]["database"]["error"]
+
+
+@pytest.mark.django_db
+def test_readyz_reports_the_worker_and_fails_on_it_only_when_asked(client, settings):
+    from django_redis import get_redis_connection
+
+    from config.heartbeat import _key
+
+    redis = get_redis_connection("default")
+    # No worker heartbeat of this run: the web side is still ready, and says who is missing.
+    body = client.get("/readyz").json()
+    assert body["checks"]["worker"]["ok"] is False and "no Celery worker" in body["checks"]["worker"]["error"]
+    assert client.get("/readyz").status_code == 200
+    settings.READYZ_REQUIRES_WORKER = True
+    assert client.get("/readyz").status_code == 503
+
+    key = _key("worker", "readyz-test@host")
+    redis.set(key, '{"hostname": "readyz-test@host"}', ex=30)
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 200 and response.json()["checks"]["worker"] == {"ok": True, "workers": 1}
+    finally:
+        redis.delete(key)

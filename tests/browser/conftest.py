@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -129,7 +130,18 @@ def browser_sign_in(browser, base_url: str, username: str, device, next_path: st
     wait_for(browser, "#site-name")
 
 
-def click_and_wait(browser, element) -> None:
-    """Click something that loads a new page, and wait until it has."""
-    element.click()
-    WebDriverWait(browser, 10).until(ec.staleness_of(element))
+def click_and_wait(browser, target) -> None:
+    """Click something that loads a new page, and wait until it has. Given a CSS selector,
+    the element is looked up again if the page replaced it between finding and clicking
+    (Chromium then reports a node that "does not belong to the document")."""
+    for attempt in range(3):
+        element = wait_for(browser, target) if isinstance(target, str) else target
+        try:
+            element.click()
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            replaced = isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc)
+            if not isinstance(target, str) or attempt == 2 or not replaced:
+                raise
+            continue
+        WebDriverWait(browser, 10).until(ec.staleness_of(element))
+        return

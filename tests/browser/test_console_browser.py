@@ -221,15 +221,15 @@ def test_the_test_tools_on_a_bot_page(browser, live_server, admin_user, make_bot
                    encoding_aes_key=aes_key(), default_backend=ModelBackend.objects.create(name="echo", kind="echo"))
     browser_sign_in(browser, live_server.url, "root", device)
     browser.get(f"{live_server.url}/admin/bots/bot/{bot.pk}/change/")
-    click_and_wait(browser, wait_for(browser, "#tool-test-message"))
+    click_and_wait(browser, "#tool-test-message")
     fill(browser, "id_text", "hello there")
-    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#test-message-form input[type=submit]"))
+    click_and_wait(browser, "#test-message-form input[type=submit]")
     assert browser.find_element(By.ID, "test-answer").text == "echo: hello there"
     assert browser.find_element(By.ID, "test-route").text == "the bot's default backend"
     shot("test-message")
 
     browser.get(f"{live_server.url}/admin/bots/bot/{bot.pk}/check-callback/")
-    click_and_wait(browser, wait_for(browser, "#check-callback-form input[type=submit]"))
+    click_and_wait(browser, "#check-callback-form input[type=submit]")
     assert browser.find_element(By.ID, "check-summary").text == "The callback setup works."
     shot("callback-check-ok")
     Bot.objects.filter(pk=bot.pk).update(token="")

@@ -1,0 +1,52 @@
+"""The DingTalk kit of the shared contract tests (channels_app/tests/test_contract.py).
+DingTalk has no URL verification: a robot's callback URL is saved without one."""
+
+from __future__ import annotations
+
+import time
+
+from bots.models import Bot
+from channels_app.tests.contract import ContractKit, Request, flip, from_headers
+from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message
+
+APP_KEY = "dingcontractappkey01"
+APP_SECRET = "contract-dingtalk-app-secret"
+CONVERSATION = "cidp2pContractConversation=="
+STAFF_ID = "manager4220"
+
+
+class DingTalkKit(ContractKit):
+    platform = "dingtalk"
+
+    def fake_api(self) -> FakeDingTalk:
+        fake = FakeDingTalk()
+        fake.add_app(APP_KEY, APP_SECRET)
+        return fake
+
+    def make_bot(self, fake_api_url: str) -> Bot:
+        return Bot.objects.create(
+            name="contract-dingtalk", platform="dingtalk", app_id=APP_KEY, app_secret=APP_SECRET, extra={},
+            api_base_url=fake_api_url,
+        )
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        # The callback carries a sessionWebhook the fake issued (on the bot's API base).
+        assert self.fake is not None, "DingTalkKit.text_message needs the running fake (kit.running())"
+        message = dingtalk_message(text, msg_id=f"msg{msg_id}", conversation_id=CONVERSATION,
+                                   sender_staff_id=STAFF_ID, robot_code=APP_KEY,
+                                   session=self.fake.open_session(CONVERSATION))
+        # DingTalk signs the millisecond timestamp: a re-delivery carries a later one.
+        timestamp = int(time.time() * 1000) - 10_000 + delivery
+        return from_headers("POST", bot.callback_path, *dingtalk_callback(message, APP_SECRET, timestamp))
+
+    def platform_message_id(self, msg_id: str) -> str:
+        return f"msg{msg_id}"
+
+    def forge(self, request: Request) -> Request:
+        return request.with_headers(sign=flip(request.headers["sign"]))
+
+    def sent_texts(self, fake: FakeDingTalk) -> list[str]:
+        return [message["text"] for message in fake.sent]
+
+
+KIT = DingTalkKit()

@@ -1,0 +1,58 @@
+"""The Feishu kit of the shared contract tests (channels_app/tests/test_contract.py)."""
+
+from __future__ import annotations
+
+from bots.models import Bot
+from channels_app.tests.contract import ContractKit, Handshake, Request, flip, from_headers
+from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event
+
+APP_ID = "cli_contract_app"
+APP_SECRET = "contract-app-secret"
+VERIFICATION_TOKEN = "contract-verification-token"
+ENCRYPT_KEY = "contract-encrypt-key"
+SENDER = "ou_6a7b8c9d0e1f20314253647586970a1b"
+CHALLENGE = "ajls384kdjx98XX"
+
+
+class FeishuKit(ContractKit):
+    platform = "feishu"
+
+    def fake_api(self) -> FakeFeishu:
+        fake = FakeFeishu()
+        fake.add_app(APP_ID, APP_SECRET)
+        return fake
+
+    def make_bot(self, fake_api_url: str) -> Bot:
+        return Bot.objects.create(
+            name="contract-feishu", platform="feishu", app_id=APP_ID, app_secret=APP_SECRET,
+            token=VERIFICATION_TOKEN, encoding_aes_key=ENCRYPT_KEY, extra={}, api_base_url=fake_api_url,
+        )
+
+    def platform_message_id(self, msg_id: str) -> str:
+        return f"om_{msg_id}"
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        event = feishu_event(APP_ID, VERIFICATION_TOKEN, self.platform_message_id(msg_id), "oc_p2pchat",
+                             "p2p", SENDER, text)
+        # A re-delivery repeats the event (its id), encrypted and signed anew with a new nonce.
+        event["header"]["event_id"] = f"ev_{msg_id}"
+        return from_headers("POST", bot.callback_path, *feishu_callback(event, ENCRYPT_KEY))
+
+    def forge(self, request: Request) -> Request:
+        return request.with_headers(**{"X-Lark-Signature": flip(request.headers["X-Lark-Signature"])})
+
+    def handshake(self, bot: Bot) -> Handshake:
+        challenge = {"challenge": CHALLENGE, "token": VERIFICATION_TOKEN, "type": "url_verification"}
+
+        def check(response) -> None:
+            assert response["Content-Type"] == "application/json"
+            assert response.json() == {"challenge": CHALLENGE}
+
+        # With an Encrypt Key, Feishu sends the challenge encrypted.
+        return Handshake(from_headers("POST", bot.callback_path, *feishu_callback(challenge, ENCRYPT_KEY)), 200, check)
+
+    def sent_texts(self, fake: FakeFeishu) -> list[str]:
+        return [message["text"] for message in fake.sent if message["app_id"] == APP_ID]
+
+
+KIT = FeishuKit()

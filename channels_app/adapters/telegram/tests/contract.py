@@ -1,0 +1,51 @@
+"""The Telegram kit of the shared contract tests (channels_app/tests/test_contract.py).
+Telegram has no handshake: setWebhook registers the URL and its secret_token."""
+
+from __future__ import annotations
+
+from bots.models import Bot
+from channels_app.tests.contract import ContractKit, Request, flip, from_headers
+from tests.fakes.telegram import FakeTelegram, telegram_callback, telegram_update
+
+TOKEN = "7000000042:AAContractContractContractContract00"
+USERNAME = "contract_switchboard_bot"
+SECRET = "contract-webhook-secret_42"
+CHAT_ID = 222222222
+
+
+class TelegramKit(ContractKit):
+    platform = "telegram"
+
+    def fake_api(self) -> FakeTelegram:
+        fake = FakeTelegram()
+        fake.add_bot(TOKEN, USERNAME)
+        return fake
+
+    def make_bot(self, fake_api_url: str) -> Bot:
+        return Bot.objects.create(
+            name="contract-telegram", platform="telegram", token=TOKEN, app_secret=SECRET,
+            extra={"bot_username": USERNAME}, api_base_url=fake_api_url,
+        )
+
+    @staticmethod
+    def _message_id(msg_id: str) -> int:
+        return int(msg_id) % 10**9
+
+    def platform_message_id(self, msg_id: str) -> str:
+        return f"{CHAT_ID}:{self._message_id(msg_id)}"
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        # Telegram re-delivers the very same update (same update_id) until it gets a 2xx.
+        update = telegram_update(text, chat_id=CHAT_ID, user_id=CHAT_ID, message_id=self._message_id(msg_id),
+                                 update_id=self._message_id(msg_id))
+        return from_headers("POST", bot.callback_path, *telegram_callback(update, SECRET))
+
+    def forge(self, request: Request) -> Request:
+        header = "X-Telegram-Bot-Api-Secret-Token"
+        return request.with_headers(**{header: flip(request.headers[header])})
+
+    def sent_texts(self, fake: FakeTelegram) -> list[str]:
+        return [message["text"] for message in fake.sent if message["chat_id"] == CHAT_ID]
+
+
+KIT = TelegramKit()

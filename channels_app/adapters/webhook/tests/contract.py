@@ -1,0 +1,43 @@
+"""The generic webhook kit of the shared contract tests (channels_app/tests/test_contract.py):
+an integrator's signed POST in, a signed reply out to its outbound_url. No handshake."""
+
+from __future__ import annotations
+
+import time
+
+from bots.models import Bot
+from channels_app.tests.contract import ContractKit, Request, flip, from_headers
+from tests.fakes.webhook import REPLY_PATH, FakeWebhookReceiver, webhook_callback, webhook_message
+
+SECRET = "contract-webhook-shared-secret"
+CONVERSATION = "ticket-4711"
+USER = "customer-1093"
+
+
+class WebhookKit(ContractKit):
+    platform = "webhook"
+
+    def fake_api(self) -> FakeWebhookReceiver:
+        return FakeWebhookReceiver(secret=SECRET)
+
+    def make_bot(self, fake_api_url: str) -> Bot:
+        return Bot.objects.create(
+            name="contract-webhook", platform="webhook", app_secret=SECRET,
+            extra={"outbound_url": fake_api_url + REPLY_PATH},
+        )
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        # The integrator's retry repeats the message, signed anew with its own timestamp.
+        timestamp = int(time.time()) - 10 + delivery
+        message = webhook_message(msg_id, CONVERSATION, USER, text)
+        return from_headers("POST", bot.callback_path, *webhook_callback(message, SECRET, timestamp))
+
+    def forge(self, request: Request) -> Request:
+        header = "X-Switchboard-Signature"
+        return request.with_headers(**{header: flip(request.headers[header])})
+
+    def sent_texts(self, fake: FakeWebhookReceiver) -> list[str]:
+        return [reply["text"] for reply in fake.delivered if reply["conversation"] == CONVERSATION]
+
+
+KIT = WebhookKit()

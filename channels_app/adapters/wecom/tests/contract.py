@@ -1,0 +1,60 @@
+"""The WeCom kit of the shared contract tests (channels_app/tests/test_contract.py)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+from bots.models import Bot
+from channels_app.tests.contract import ContractKit, Handshake, Request, flip
+from tests.fakes.wecom import (
+    DEFAULT_CORP_ID,
+    DEFAULT_CORP_SECRET,
+    FakeWeCom,
+    wecom_callback,
+    wecom_text_xml,
+    wecom_url_verification,
+)
+
+TOKEN = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo"
+AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
+AGENT_ID = 1000002
+USER = "ZhangSan"
+ECHO = "5927352381066411412"
+
+
+class WeComKit(ContractKit):
+    platform = "wecom"
+
+    def fake_api(self) -> FakeWeCom:
+        return FakeWeCom(agent_id=AGENT_ID)
+
+    def make_bot(self, fake_api_url: str) -> Bot:
+        return Bot.objects.create(
+            name="contract-wecom", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
+            token=TOKEN, encoding_aes_key=AES_KEY, extra={"agent_id": AGENT_ID}, api_base_url=fake_api_url,
+        )
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        # Every delivery gets a fresh nonce from the builder.
+        query, body = wecom_callback(bot, wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID))
+        return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
+
+    def forge(self, request: Request) -> Request:
+        path, query = request.path.split("?", 1)
+        params = dict(parse_qsl(query))
+        params["msg_signature"] = flip(params["msg_signature"])
+        return Request(request.method, f"{path}?{urlencode(params)}", request.body, request.content_type,
+                       request.headers)
+
+    def handshake(self, bot: Bot) -> Handshake:
+        def check(response) -> None:
+            assert response.content == ECHO.encode()  # bare text, nothing around it
+            assert response["Content-Type"] == "text/plain"
+
+        return Handshake(Request("GET", f"{bot.callback_path}?{wecom_url_verification(bot, ECHO)}"), 200, check)
+
+    def sent_texts(self, fake: FakeWeCom) -> list[str]:
+        return [message["text"]["content"] for message in fake.sent if message.get("touser") == USER]
+
+
+KIT = WeComKit()

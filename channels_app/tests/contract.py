@@ -1,0 +1,111 @@
+"""The contract every platform adapter passes (channels_app/tests/test_contract.py).
+
+Each adapter folder ships `tests/contract.py` with a `KIT`: what the shared contract
+tests need to talk to that platform — a bot with valid credentials pointed at the
+platform's fake, signed deliveries of a p2p text message, a forgery of one, the
+URL-verification handshake (if the platform has one), and what the fake received.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from django.http import HttpResponse
+from django.test import Client
+
+from bots.models import Bot
+from tests.fakes.server import FakeServer
+
+
+@dataclass(frozen=True)
+class Request:
+    """One callback as the platform would send it to /callback/<platform>/<uuid>/."""
+
+    method: str
+    path: str  # with the query string
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def send(self, client: Client) -> HttpResponse:
+        return client.generic(self.method, self.path, data=self.body, content_type=self.content_type,
+                              headers=self.headers)
+
+    def with_headers(self, **changes: str) -> Request:
+        return replace(self, headers={**self.headers, **changes})
+
+
+def from_headers(method: str, path: str, headers: dict[str, str], body: bytes) -> Request:
+    """A Request from a fake's (headers, body) builder, whose headers hold Content-Type."""
+    headers = dict(headers)
+    content_type = headers.pop("Content-Type", "application/json")
+    return Request(method, path, body, content_type, headers)
+
+
+def flip(text: str) -> str:
+    """`text` with its last character changed (same length, same alphabet where it can)."""
+    if not text:
+        return "x"
+    last = text[-1]
+    swapped = {"0": "1", "a": "b", "A": "B", "=": "A"}.get(last, "0" if last != "0" else "1")
+    return text[:-1] + swapped
+
+
+@dataclass(frozen=True)
+class Handshake:
+    request: Request
+    expected_status: int
+    #: raises AssertionError if the response is not what the platform expects
+    check: Callable[[HttpResponse], None]
+
+
+class ContractKit(ABC):
+    """What one platform provides to the contract tests."""
+
+    platform: str
+
+    @abstractmethod
+    def fake_api(self) -> FakeServer:
+        """The platform's fake, not started (the test uses it as a context manager)."""
+
+    @contextmanager
+    def running(self) -> Iterator[FakeServer]:
+        with self.fake_api() as fake:
+            self.fake = fake
+            try:
+                yield fake
+            finally:
+                self.fake = None
+
+    @abstractmethod
+    def make_bot(self, fake_api_url: str) -> Bot:
+        """A saved, enabled bot whose credentials the fake accepts, sending to fake_api_url."""
+
+    @abstractmethod
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        """A signed, valid delivery of a p2p text message. A later `delivery` of the same
+        msg_id is the platform's re-delivery: freshly signed (new nonce or timestamp)
+        where the platform does that."""
+
+    @abstractmethod
+    def forge(self, request: Request) -> Request:
+        """The same request with its signature (or secret) broken."""
+
+    def handshake(self, bot: Bot) -> Handshake | None:
+        """The URL verification the platform's console sends, or None if it has none."""
+        return None
+
+    @abstractmethod
+    def sent_texts(self, fake: FakeServer) -> list[str]:
+        """The texts of the messages the fake received through its send API."""
+
+    def platform_message_id(self, msg_id: str) -> str:
+        """The InboundMessage.platform_message_id the adapter records for msg_id."""
+        return msg_id
+
+    #: the fake this kit is running (set by running()), for kits whose deliveries
+    #: carry something the fake issues (DingTalk's sessionWebhook)
+    fake: FakeServer | None = None
