@@ -137,8 +137,10 @@ def loadgen(url: str, platform_name: str, bot, log_dir: Path, *, duration: float
         args += ["--rate", str(rate)]
     if records:
         args.append("--records")
+    load_before = os.getloadavg()[0]
     subprocess.run(args, cwd=REPO_ROOT, env=_subprocess_env(), check=True, timeout=duration + 120)
-    return json.loads(out.read_text())
+    # The 1-minute load average around the phase: other processes on the machine show here.
+    return {**json.loads(out.read_text()), "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 # -- the parts --------------------------------------------------------------------------
@@ -174,21 +176,94 @@ def _drop_queue(queue: str) -> None:
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
 
 
-def ingestion(args: argparse.Namespace, bots: dict, log_dir: Path, gunicorn: Gunicorn) -> dict:
+def _queue_length(queue: str) -> int:
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue)
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _settle(queue: str, bots: list, what: str) -> dict:
+    """Leave nothing of a phase behind for the next one: drop the queued tasks nobody will
+    consume, delete the phase's outbox rows, and let PostgreSQL vacuum and checkpoint now
+    rather than during the next measurement. Returns what was removed and how long it took."""
+    from django.db import connection
+
+    from channels_app.models import InboundMessage
+
+    started = time.monotonic()
+    queued = _queue_length(queue)
+    _drop_queue(queue)
+    deleted, _ = InboundMessage.objects.filter(bot__in=bots).delete()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {InboundMessage._meta.db_table}")
+            try:
+                cursor.execute("CHECKPOINT")  # needs superuser (or pg_checkpoint); best effort
+            except Exception as exc:  # noqa: BLE001
+                _say(f"no CHECKPOINT ({exc}); continuing")
+    result = {"queued_dropped": queued, "rows_deleted": deleted,
+              "seconds": round(time.monotonic() - started, 2)}
+    _say(f"after {what}: dropped {queued} queued tasks, deleted {deleted} rows, vacuumed "
+         f"({result['seconds']} s)")
+    return result
+
+
+def _wait_for_drain(bots: list, timeout: float, what: str) -> dict:
+    """Wait (bounded) until no outbox row of `bots` is still received or processing, with
+    progress output; the next phase then starts on an idle worker pool."""
+    from channels_app.models import InboundMessage, MessageStatus
+
+    started = time.monotonic()
+    deadline, last_report, pending = started + timeout, 0.0, 0
+    while True:
+        pending = InboundMessage.objects.filter(
+            bot__in=bots, status__in=[MessageStatus.RECEIVED, MessageStatus.PROCESSING]).count()
+        now = time.monotonic()
+        if pending == 0 or now >= deadline:
+            break
+        if now - last_report >= 5:
+            _say(f"waiting for the backlog of {what} to drain: {pending} messages left")
+            last_report = now
+        time.sleep(0.5)
+    result = {"pending_left": pending, "waited_s": round(time.monotonic() - started, 2)}
+    if pending:
+        _say(f"gave up waiting after {timeout:g} s: {pending} messages of {what} still pending")
+    return result
+
+
+def ingestion(args: argparse.Namespace, run: str, bots: dict, log_dir: Path, gunicorn: Gunicorn) -> dict:
     """Closed-loop requests/s of the bare DRF POST and of each platform's callback, then
-    the ack latency of WeCom callbacks at a fixed rate. Nothing drains the queue."""
+    the ack latency of WeCom callbacks at a fixed rate.
+
+    No worker consumes the run's queue during this part (the bots' model backend is a
+    closed port anyway), so nothing drains on the same cores while it is measured; after
+    the closed-loop phases and after the fixed-rate phase the queued tasks are dropped and
+    the rows deleted (`_settle`), so neither the next phase nor the end-to-end part
+    inherits a backlog."""
     bare_url = f"{gunicorn.url}/bench/bare"
+    callback_bots = [bots["wecom"], bots["feishu"]]
     loadgen(bare_url, "bare", None, log_dir, duration=1.0, concurrency=args.concurrency)  # warm-up
+    _say("ingestion: bare DRF POST")
     results = {"bare_before": loadgen(bare_url, "bare", None, log_dir, duration=args.duration,
                                       concurrency=args.concurrency)}
     for name in ("wecom", "feishu"):
         bot = bots[name]
+        _say(f"ingestion: {name} callbacks")
         results[name] = loadgen(gunicorn.url + bot.callback_path, name, bot, log_dir, duration=args.duration,
                                 concurrency=args.concurrency)
+    _say("ingestion: bare DRF POST again")
     results["bare_after"] = loadgen(bare_url, "bare", None, log_dir, duration=args.duration,
                                     concurrency=args.concurrency)
+    results["settled_after_closed_loop"] = _settle(run, callback_bots, "the closed-loop phases")
+    _say(f"ingestion: WeCom callbacks at {args.ack_rate:g}/s")
     results["wecom_fixed_rate"] = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"],
                                           log_dir, duration=args.duration, rate=args.ack_rate)
+    results["settled_after_fixed_rate"] = _settle(run, callback_bots, "the fixed-rate phase")
     bare = (results["bare_before"]["requests_per_second"] + results["bare_after"]["requests_per_second"]) / 2
     results["bare_mean_rps"] = round(bare, 1)
     results["ratios"] = {name: round(results[name]["requests_per_second"] / bare, 3) if bare else None
@@ -205,15 +280,20 @@ def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Guni
     results = {}
     with FakeWeCom() as wecom, FakeModel(answer=lambda request: request["messages"][-1]["content"]) as model:
         bots = _make_bots(f"{run}-e2e", wecom.url, model.url)
-        _drop_queue(run)  # the ingestion phase's undrained tasks
+        _drop_queue(run)  # nothing of an earlier part may reach this worker
         worker = Worker(args.celery_concurrency, run, log_dir).start()
         try:
             for rate in [float(r) for r in args.e2e_rates.split(",") if r.strip()]:
+                # The previous rate's messages are all answered (or given up on) before the
+                # next rate starts, so each rate measures only itself.
+                drained = _wait_for_drain([bots["wecom"]], timeout=120, what="the previous rate")
                 wecom.reset()
+                _say(f"end to end: {rate:g} msg/s")
                 sent = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
                                duration=args.e2e_duration, rate=rate, records=True)
                 accepted = {r["message_id"]: r["sent_at"] for r in sent.pop("records") if r["status"] == 200}
-                results[f"rate_{rate:g}"] = _collect_replies(wecom, accepted, sent, rate)
+                results[f"rate_{rate:g}"] = {**_collect_replies(wecom, accepted, sent, rate),
+                                             "backlog_before": drained}
         finally:
             worker.stop()
     return results
@@ -314,7 +394,8 @@ def _fmt(value) -> str:
 
 
 def table(report: dict) -> str:
-    lines = [f"Switchboard bench — {report['machine']['cores']} cores, load {report['machine']['loadavg']}, "
+    lines = [f"Switchboard bench — {report['machine']['cores']} cores, load {report['machine']['loadavg']}"
+             f" (at the end: {report['machine'].get('loadavg_end', '-')}), "
              f"gunicorn {report['settings']['gunicorn']}, celery {report['settings']['celery']}"]
     ing = report.get("ingestion")
     if ing:
@@ -382,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if phases & {"ingestion", "e2e"}:
             gunicorn_server.start()
         if "ingestion" in phases:
-            report["ingestion"] = ingestion(args, _make_bots(run), log_dir, gunicorn_server)
+            report["ingestion"] = ingestion(args, run, _make_bots(run), log_dir, gunicorn_server)
         if "e2e" in phases:
             report["end_to_end"] = end_to_end(args, run, log_dir, gunicorn_server)
         if "context" in phases:
@@ -392,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         Bot.objects.filter(name__startswith=f"{run}-").delete()
         ModelBackend.objects.filter(name__startswith=f"{run}-").delete()
         _drop_queue(run)
+    report["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report["logs"] = str(log_dir)
     print(table(report))
     out = Path(args.out) if args.out else REPO_ROOT / "var" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
