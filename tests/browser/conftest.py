@@ -123,10 +123,12 @@ def browser_sign_in(browser, base_url: str, username: str, device, next_path: st
     wait_for(browser, "#login-form")
     browser.find_element(By.ID, "id_username").send_keys(username)
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]"))
     wait_for(browser, "#verify-form")
     browser.find_element(By.ID, "id_code").send_keys(fresh_code(device))
-    browser.find_element(By.CSS_SELECTOR, "#verify-form input[type=submit]").click()
+    # The sign-in pages carry #site-name too: wait for the verify page to go first, or
+    # the next browser.get() can overtake the code's POST and land on the sign-in again.
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#verify-form input[type=submit]"))
     wait_for(browser, "#site-name")
 
 

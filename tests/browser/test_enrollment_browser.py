@@ -12,6 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser.conftest import click_and_wait
 from tests.conftest import PASSWORD
 
 
@@ -50,8 +51,8 @@ def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, dja
     shot("backup-codes")
     device.refresh_from_db()
     assert device.confirmed
-    browser.find_element(By.ID, "continue").click()
-
+    # The backup-codes page has #site-name too: wait for it to be replaced first.
+    click_and_wait(browser, browser.find_element(By.ID, "continue"))
     wait.until(ec.presence_of_element_located((By.ID, "site-name")))
     assert browser.current_url == f"{live_server.url}/admin/"
     assert browser.find_element(By.ID, "site-name").text == "Switchboard console"
