@@ -174,20 +174,16 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
         answered_in_response = response is not None
         if response is None:
             response = adapter.ack(request, message)
-    except CallbackError as exc:
+    except Exception as exc:
+        # Refused or failed, the platform may deliver this request again (after a 503, or
+        # a sender bug fixed): its retry must not be refused as a replay.
         if adapter.claimed_nonce:
             replay.release(adapter.claimed_nonce)
-        return _refuse(platform, exc.status, exc.reason, "callback for %s refused (%s): %s",
-                       bot.name, exc.reason, exc.detail)
-    except DatabaseError as exc:
-        if adapter.claimed_nonce:
-            replay.release(adapter.claimed_nonce)
-        return _database_unavailable(platform, exc)
-    except Exception:
-        # Something else of ours failed: the platform should retry, and its retry must
-        # not be refused as a replay.
-        if adapter.claimed_nonce:
-            replay.release(adapter.claimed_nonce)
+        if isinstance(exc, CallbackError):
+            return _refuse(platform, exc.status, exc.reason, "callback for %s refused (%s): %s",
+                           bot.name, exc.reason, exc.detail)
+        if isinstance(exc, DatabaseError):
+            return _database_unavailable(platform, exc)
         raise
     CALLBACKS.labels(platform, outcome).inc()
     if answered_in_response:
