@@ -73,10 +73,11 @@ def _claim(message_id: int, acked_ms: float | None) -> bool:
     )
 
 
-def _finish(row: InboundMessage, status: str, error: str = "") -> None:
+def _finish(row: InboundMessage, status: str, error: str = "", also: tuple[str, ...] = ()) -> None:
+    """Record the final status, with any other fields the caller changed on the row."""
     row.status = status
     row.error = error[:2000]
-    fields = ["status", "error"]
+    fields = ["status", "error", *also]
     if status == MessageStatus.REPLIED:
         row.replied_at = timezone.now()
         fields.append("replied_at")
@@ -153,11 +154,10 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
         retry_after = getattr(exc, "retry_after", None)
         raise self.retry(countdown=retry_after or 2 ** self.request.retries) from None
     row.send_ms = (time.perf_counter() - started) * 1000
-    row.save(update_fields=["send_ms"])
     if first_delivery:
         # A reply re-sent from the console is already part of the conversation.
         context.append(bot, row.chat_id, row.sender_id, row.text, row.reply_text)
-    _finish(row, MessageStatus.REPLIED)
+    _finish(row, MessageStatus.REPLIED, also=("send_ms",))
     return "replied"
 
 
