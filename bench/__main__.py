@@ -283,6 +283,14 @@ def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Guni
         _drop_queue(run)  # nothing of an earlier part may reach this worker
         worker = Worker(args.celery_concurrency, run, log_dir).start()
         try:
+            # The first messages open every connection on the way (each pool process's
+            # PostgreSQL and Redis connections, the fake APIs', the access token): not
+            # what a running installation pays, so not measured.
+            warm_up = min(2.0, args.e2e_duration)
+            _say(f"end to end: warm-up, {warm_up:g} s at 20 msg/s, not measured")
+            loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
+                    duration=warm_up, rate=20.0)
+            results["warm_up"] = _wait_for_drain([bots["wecom"]], timeout=60, what="the warm-up")
             for rate in [float(r) for r in args.e2e_rates.split(",") if r.strip()]:
                 # The previous rate's messages are all answered (or given up on) before the
                 # next rate starts, so each rate measures only itself.

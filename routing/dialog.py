@@ -15,7 +15,7 @@ from bots.models import Bot
 from routing.backends import Completion, ModelError, complete
 from routing.context import ContextStore
 from routing.engine import Selection, select_backend
-from routing.models import ModelBackend
+from routing.models import ModelBackend, RoutingRule
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,13 @@ def build_messages(bot: Bot, history: list[dict[str, str]], text: str) -> list[d
 
 
 def answer(bot: Bot, chat_id: str, sender_id: str, chat_type: str, text: str, http: httpx.Client,
-           context: ContextStore | None = None) -> Answer:
+           context: ContextStore | None = None, rules: list[RoutingRule] | None = None) -> Answer:
     """Ask the selected backend (then the rule's fallback) for an answer.
     Raises NoBackend or ModelError; saving the turn is the caller's job, once the
-    answer has reached the user."""
+    answer has reached the user. rules: the bot's candidate rules, if already known."""
     context = context or ContextStore()
     history = context.load(bot, chat_id, sender_id)
-    selection = select_backend(bot, text, chat_type)
+    selection = select_backend(bot, text, chat_type, rules)
     messages = build_messages(bot, history, text)
     started = time.perf_counter()
     backend = selection.backend

@@ -58,8 +58,9 @@ def candidate_rules(bot: Bot) -> list[RoutingRule]:
     )
 
 
-def select_backend(bot: Bot, text: str, chat_type: str) -> Selection:
-    for rule in candidate_rules(bot):
+def select_backend(bot: Bot, text: str, chat_type: str, rules: list[RoutingRule] | None = None) -> Selection:
+    """rules: candidate_rules(bot), if the caller has them already."""
+    for rule in candidate_rules(bot) if rules is None else rules:
         if rule_matches(rule, bot, text, chat_type):
             fallback = rule.fallback_backend if rule.fallback_backend and rule.fallback_backend.enabled else None
             return Selection(rule.backend, fallback, rule)

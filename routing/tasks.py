@@ -14,7 +14,7 @@ from datetime import timedelta
 import httpx
 from celery import shared_task
 from django.conf import settings
-from django.db.models import F, Q
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
@@ -25,7 +25,7 @@ from channels_app.models import InboundMessage, MessageStatus
 from channels_app.outbound import split_reply
 from channels_app.registry import adapter_for
 from config.jsonlog import bind_log_context
-from routing import ratelimit
+from routing import configcache, ratelimit
 from routing.backends import ModelError
 from routing.context import ContextStore
 from routing.dialog import answer
@@ -61,16 +61,27 @@ def http_client() -> httpx.Client:
     return _http
 
 
-def _claim(message_id: int, acked_ms: float | None) -> bool:
-    stuck_before = timezone.now() - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
-    updates = {"status": MessageStatus.PROCESSING, "started_at": timezone.now(), "attempts": F("attempts") + 1}
-    if acked_ms is not None:
-        updates["acked_ms"] = acked_ms
-    return bool(
-        InboundMessage.objects.filter(pk=message_id)
-        .filter(Q(status=MessageStatus.RECEIVED) | Q(status=MessageStatus.PROCESSING, started_at__lt=stuck_before))
-        .update(**updates)
-    )
+def _claim_sql() -> str:
+    quote = connection.ops.quote_name
+    table = quote(InboundMessage._meta.db_table)
+    status, started_at, attempts, acked_ms = (quote(c) for c in ("status", "started_at", "attempts", "acked_ms"))
+    # Only the model's own table and column names go into the text; values are parameters.
+    return (f"UPDATE {table} SET {status} = %s, {started_at} = %s, {attempts} = {attempts} + 1, "  # noqa: S608
+            f"{acked_ms} = COALESCE(%s, {acked_ms}) "
+            f"WHERE {quote('id')} = %s AND ({status} = %s OR ({status} = %s AND {started_at} < %s)) RETURNING *")
+
+
+def _claim(message_id: int, acked_ms: float | None) -> InboundMessage | None:
+    """Take the row (received, or processing but stuck) and load it: one statement, so
+    two workers handed the same message cannot both take it. None: not ours to do."""
+    now = timezone.now()
+    stuck_before = now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
+    adapt = connection.ops.adapt_datetimefield_value
+    rows = list(InboundMessage.objects.raw(_claim_sql(), [
+        MessageStatus.PROCESSING, adapt(now), acked_ms, message_id,
+        MessageStatus.RECEIVED, MessageStatus.PROCESSING, adapt(stuck_before),
+    ]))
+    return rows[0] if rows else None
 
 
 def _finish(row: InboundMessage, status: str, error: str = "", also: tuple[str, ...] = ()) -> None:
@@ -97,11 +108,17 @@ def _release_for_retry(row: InboundMessage, error: str) -> None:
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3, ignore_result=True)
 def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
     bind_log_context(message_id=message_id)
-    if not _claim(message_id, acked_ms):
+    try:
+        row = _claim(message_id, acked_ms)
+    except (OperationalError, InterfaceError) as exc:
+        # Most often a kept connection that died while idle (PostgreSQL restarted):
+        # Django replaces it after this task; the row is untouched, so try again soon.
+        raise self.retry(countdown=1, exc=exc) from None
+    if row is None:
         return "not claimed"
-    row = InboundMessage.objects.select_related("bot", "bot__default_backend").get(pk=message_id)
     first_delivery = row.replied_at is None
-    bot = row.bot
+    bot, rules = configcache.bot_and_rules(row.bot_id)
+    row.bot = bot
     bind_log_context(bot=bot.uuid, platform=bot.platform)
     adapter_class = adapter_for(bot.platform)
     if adapter_class is None:
@@ -111,7 +128,8 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
 
     if not row.reply_text:
         try:
-            result = answer(bot, row.chat_id, row.sender_id, row.chat_type, row.text, http_client(), context)
+            result = answer(bot, row.chat_id, row.sender_id, row.chat_type, row.text, http_client(), context,
+                            rules)
         except (NoBackend, ModelError) as exc:
             _finish(row, MessageStatus.FAILED, str(exc))
             return "failed"
@@ -143,7 +161,8 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
                 http_client(),
             )
             row.parts_sent = index + 1
-            row.save(update_fields=["parts_sent"])
+            if row.parts_sent < len(parts):  # the last one is saved with the final status
+                row.save(update_fields=["parts_sent"])
     except (TransportError, RedisError) as exc:
         permanent = isinstance(exc, TransportError) and exc.permanent
         if permanent or self.request.retries >= self.max_retries:
@@ -157,7 +176,7 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
     if first_delivery:
         # A reply re-sent from the console is already part of the conversation.
         context.append(bot, row.chat_id, row.sender_id, row.text, row.reply_text)
-    _finish(row, MessageStatus.REPLIED, also=("send_ms",))
+    _finish(row, MessageStatus.REPLIED, also=("send_ms", "parts_sent"))
     return "replied"
 
 

@@ -91,6 +91,18 @@ def _forget_console_lockouts():
         print(f"warning: could not clear console lockouts: {exc}")
 
 
+@pytest.fixture(autouse=True)
+def _forget_cached_configuration():
+    """The per-process copies of bots and rules (the callback view's, the worker's):
+    a rolled-back test leaves no change behind to invalidate them, and SQLite may hand
+    the next test's bot the same primary key."""
+    from channels_app.views import _bots
+    from routing.configcache import _cache
+
+    _bots.clear()
+    _cache.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _forget_redis_keys_of_this_run():
     yield

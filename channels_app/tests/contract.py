@@ -34,8 +34,9 @@ class Request:
         return client.generic(self.method, self.path, data=self.body, content_type=self.content_type,
                               headers=self.headers)
 
-    def with_headers(self, **changes: str) -> Request:
-        return replace(self, headers={**self.headers, **changes})
+    def with_headers(self, changes: dict[str, str] | None = None, /, **more: str) -> Request:
+        """A copy with headers added or replaced; any name (even "self") fits the dict."""
+        return replace(self, headers={**self.headers, **(changes or {}), **more})
 
 
 def from_headers(method: str, path: str, headers: dict[str, str], body: bytes) -> Request:

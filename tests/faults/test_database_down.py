@@ -1,6 +1,7 @@
 """PostgreSQL goes away under a running gunicorn (a proxy in front of it is cut): the
 callback answers 503 so the platform delivers again, nothing is half-written, and the
-platform's retry of the very same request is accepted once the database is back."""
+platform's retry of the very same request is accepted once the database is back. And a
+worker whose connection died while idle answers the next message on a new one."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import time
 
 import pytest
 from django.db import connection
+from django.test import Client
 
-from channels_app.models import InboundMessage
-from tests.e2e.conftest import database_url_for_subprocess
+from channels_app.models import InboundMessage, MessageStatus
+from tests.e2e.conftest import CeleryWorker, database_url_for_subprocess
 from tests.faults.conftest import Gunicorn, TcpProxy, post, signed_callback
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.slow
+
+
+def post_locally(bot, text: str, msg_id: int):
+    """The callback through this process's view (its own database connection)."""
+    path, body = signed_callback(bot, text, msg_id)
+    return Client().post(path, body, content_type="text/xml")
 
 
 def test_callbacks_get_503_while_the_database_is_away_and_the_same_retry_is_accepted_once(bot):
@@ -46,3 +55,30 @@ def test_callbacks_get_503_while_the_database_is_away_and_the_same_retry_is_acce
         assert sorted(rows.values_list("text", flat=True)) == ["still away", "while the database is away"]
     finally:
         proxy.stop()
+
+
+def test_a_worker_whose_connection_died_while_idle_answers_the_next_message_without_the_sweeper(bot, wecom):
+    """PostgreSQL restarted between two messages: the worker's kept connection is dead,
+    and nothing checks it before use (DATABASE_HEALTH_CHECKS is off by default). The
+    task's first query fails; the task is retried a second later on a new connection,
+    long before the sweeper (which does not even run here) would find the row."""
+    if connection.settings_dict["ENGINE"].endswith("sqlite3"):
+        pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...)")
+    with CeleryWorker(concurrency=1) as worker:
+        assert post_locally(bot, "first", 8101).status_code == 200
+        wecom.wait_for(r"/message/send", 1, timeout=30)
+        wait_until(lambda: InboundMessage.objects.get(platform_message_id="8101").status == MessageStatus.REPLIED,
+                   timeout=20, what="first message replied")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            assert cursor.fetchone()[0] >= 1, "the worker kept no connection to cut"
+
+        assert post_locally(bot, "second", 8102).status_code == 200
+        sent = wecom.wait_for(r"/message/send", 2, timeout=15)
+        assert sent[1].json()["text"]["content"] == "[m1] second (history=2)"
+        row = InboundMessage.objects.get(platform_message_id="8102")
+        assert row.status == MessageStatus.REPLIED and row.attempts == 1
+        assert "Retry in 1s" in worker.output()
+    time.sleep(0.5)
+    assert len(wecom.received(r"/message/send")) == 2
