@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 
 from bots.models import Bot
 from bots.validators import ip_in_cidrs
-from channels_app import replay
+from channels_app import handoff, replay
 from channels_app.errors import CallbackError
 from channels_app.message import ParsedMessage
 from channels_app.models import InboundMessage
@@ -59,7 +59,7 @@ def _enqueue(message_id: int, acked_ms: float) -> None:
     try:
         from routing.tasks import handle_message
 
-        handle_message.delay(message_id, acked_ms)
+        handoff.publish(handle_message, (message_id, acked_ms))
     except Exception as exc:  # broker down: the row is safe; the sweeper queues it later
         ENQUEUE_FAILED.inc()
         logger.error("message %s recorded but not queued (%s); the outbox sweeper will retry", message_id, exc)

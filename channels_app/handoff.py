@@ -1,0 +1,78 @@
+"""Queueing a recorded message for the dialog task, as cheaply as Celery's wire format allows.
+
+`handle_message.delay()` cost about 0.24 ms of CPU per callback, most of it in what
+`send_task` wraps around the message: routing, publish signals, retry and declare
+wrappers, result-backend bookkeeping. The hand-off needs none of it: the row is already
+committed, and if the publish fails the outbox sweeper queues it (docs/performance.md).
+So the message is built by Celery itself (`app.amqp.as_task_v2`, serialized with the
+app's task serializer) and handed to the kombu channel the way kombu's Producer does:
+`prepare_message`, then `basic_publish` to the task's queue. The result is the message
+`delay()` sends (channels_app/tests/test_handoff.py compares the two); what is skipped is
+the publish signals, which Switchboard does not use.
+
+One broker connection per process, opened on first use; dropped after any error so the
+next callback connects afresh.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from kombu import uuid
+from kombu.common import maybe_declare
+from kombu.serialization import dumps
+
+from config.celery import app
+
+_lock = threading.Lock()
+_connection = None
+_channel = None
+
+
+def _open_channel():
+    global _connection, _channel
+    if _channel is None:
+        connection = app.connection_for_write()
+        try:
+            # Briefly, as Celery's own publish retries: kombu's default waits 2 s between
+            # attempts, and the platform is waiting for this callback's answer.
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2)
+            channel = connection.channel()
+            # Declared once per connection, as Celery does before its first publish: a
+            # broker such as RabbitMQ drops a message for a queue nobody declared yet.
+            maybe_declare(app.amqp.queues[app.conf.task_default_queue], channel)
+        except Exception:
+            connection.collect()
+            raise
+        _connection, _channel = connection, channel
+    return _channel
+
+
+def _forget_connection() -> None:
+    global _connection, _channel
+    connection, _connection, _channel = _connection, None, None
+    if connection is not None:
+        connection.collect()  # releases it without talking to a broker that may be gone
+
+
+def publish(task, args: tuple) -> str:
+    """Queue task(*args) on the default queue; the task id. Raises what the broker
+    raises (the caller leaves the message to the sweeper)."""
+    task_id = uuid()
+    message = app.amqp.as_task_v2(
+        task_id, task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
+        ignore_result=task.ignore_result, reply_to=app.thread_oid,
+    )
+    content_type, content_encoding, body = dumps(message.body, serializer=app.conf.task_serializer)
+    properties = {**message.properties, "delivery_mode": 2}  # persistent, as Celery's default
+    with _lock:  # a kombu channel is not for two threads at once (gthread workers)
+        try:
+            channel = _open_channel()
+            channel.basic_publish(
+                channel.prepare_message(body, 0, content_type, content_encoding, message.headers, properties),
+                exchange="", routing_key=app.conf.task_default_queue,
+            )
+        except Exception:
+            _forget_connection()
+            raise
+    return task_id
