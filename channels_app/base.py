@@ -36,6 +36,9 @@ class Adapter(ABC):
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         self.claimed_nonce: str | None = None
+        #: set by the callback view when it can claim a nonce together with the hand-off
+        self.may_defer_nonce = False
+        self.deferred_nonce: str | None = None
 
     # -- inbound -----------------------------------------------------------------------
 
@@ -82,10 +85,27 @@ class Adapter(ABC):
         if skew > window:
             raise StaleRequest(f"timestamp is {skew:.0f} s away from our clock (window {window} s)")
 
-    def claim_nonce(self, nonce: str) -> None:
+    def claim_nonce(self, nonce: str, *, signature_covers_message: bool = False) -> None:
         """Refuse a nonce seen within the timestamp window. The view releases the claim
-        if the request then fails, so the platform's retry of it is not refused."""
+        if the request then fails, so the platform's retry of it is not refused.
+
+        signature_covers_message: the signature just checked covers the message itself,
+        so a replay can only repeat a message and its id. The view may then claim the
+        nonce in the same Redis round trip as the hand-off, after the INSERT, instead of
+        now (docs/performance.md); it claims it alone wherever no hand-off follows."""
         key = f"{self.bot.uuid}:{nonce}"
+        if signature_covers_message and self.may_defer_nonce:
+            self.deferred_nonce = key
+            return
+        self._claim(key)
+
+    def claim_deferred_nonce(self) -> None:
+        """Claim, alone, the nonce whose claim was deferred (none: nothing to do)."""
+        key, self.deferred_nonce = self.deferred_nonce, None
+        if key is not None:
+            self._claim(key)
+
+    def _claim(self, key: str) -> None:
         if not replay.claim(key, settings.CALLBACK_TIMESTAMP_WINDOW):
-            raise ReplayedRequest(f"nonce {nonce[:40]!r} was already used")
+            raise ReplayedRequest(f"nonce {key.split(':', 1)[1][:40]!r} was already used")
         self.claimed_nonce = key

@@ -11,13 +11,15 @@ app's task serializer) and handed to the kombu channel the way kombu's Producer 
 the publish signals, which Switchboard does not use.
 
 One broker connection per process, opened on first use; dropped after any error so the
-next callback connects afresh.
+next callback connects afresh. On the Redis broker the publish can carry the callback's
+replay-check claim (a SET NX) in the same round trip.
 """
 
 from __future__ import annotations
 
 import threading
 
+from django.conf import settings
 from kombu import uuid
 from kombu.common import maybe_declare
 from kombu.serialization import dumps
@@ -55,12 +57,20 @@ def _forget_connection() -> None:
         connection.collect()  # releases it without talking to a broker that may be gone
 
 
-def publish(task, args: tuple) -> str:
-    """Queue task(*args) on the default queue; the task id. Raises what the broker
-    raises (the caller leaves the message to the sweeper)."""
-    task_id = uuid()
+def can_claim_nonces() -> bool:
+    """Whether publish() can take a replay-check claim along: the broker is the Redis
+    transport of config/broker.py, on the same Redis database as the nonce cache."""
+    return (settings.CELERY_BROKER_TRANSPORT == "config.broker:Transport"
+            and settings.CELERY_BROKER_URL == settings.CACHES["default"]["LOCATION"])
+
+
+def publish(task, args: tuple, claim: tuple[str, int] | None = None) -> bool:
+    """Queue task(*args) on the default queue. claim: (Redis key, TTL) to SET NX in the
+    same round trip (only where can_claim_nonces()); whether it was new, True without
+    one. The task is queued either way. Raises what the broker raises (the caller
+    leaves the message to the sweeper)."""
     message = app.amqp.as_task_v2(
-        task_id, task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
+        uuid(), task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
         ignore_result=task.ignore_result, reply_to=app.thread_oid,
     )
     content_type, content_encoding, body = dumps(message.body, serializer=app.conf.task_serializer)
@@ -68,11 +78,17 @@ def publish(task, args: tuple) -> str:
     with _lock:  # a kombu channel is not for two threads at once (gthread workers)
         try:
             channel = _open_channel()
-            channel.basic_publish(
-                channel.prepare_message(body, 0, content_type, content_encoding, message.headers, properties),
-                exchange="", routing_key=app.conf.task_default_queue,
-            )
+            prepared = channel.prepare_message(body, 0, content_type, content_encoding, message.headers, properties)
+            queue = app.conf.task_default_queue
+            if claim is None:
+                channel.basic_publish(prepared, exchange="", routing_key=queue)
+                return True
+            key, ttl = claim
+            with channel.pipelined() as pipeline:
+                pipeline.set(key, 1, nx=True, ex=max(ttl, 1))
+                channel.basic_publish(prepared, exchange="", routing_key=queue)
+                claimed, *_ = pipeline.execute()
+            return bool(claimed)
         except Exception:
             _forget_connection()
             raise
-    return task_id

@@ -17,6 +17,17 @@ REPLAY_CACHE_UNAVAILABLE = Counter(
 )
 
 
+def key(nonce_key: str) -> str:
+    """The Redis key of a nonce claim."""
+    return _key(nonce_key)
+
+
+def unavailable(exc: Exception) -> None:
+    """Count and log a claim that could not be checked (accepted, as claim() does)."""
+    REPLAY_CACHE_UNAVAILABLE.inc()
+    logger.warning("nonce cache unavailable, accepting without replay check: %s", exc)
+
+
 def _key(nonce_key: str) -> str:
     return f"{settings.CACHES['default']['KEY_PREFIX']}:nonce:{nonce_key}"
 
@@ -28,8 +39,7 @@ def claim(nonce_key: str, ttl_seconds: int) -> bool:
     try:
         return bool(get_redis_connection("default").set(_key(nonce_key), 1, nx=True, ex=max(ttl_seconds, 1)))
     except RedisError as exc:
-        REPLAY_CACHE_UNAVAILABLE.inc()
-        logger.warning("nonce cache unavailable, accepting without replay check: %s", exc)
+        unavailable(exc)
         return True
 
 

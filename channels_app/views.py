@@ -20,7 +20,8 @@ from prometheus_client import Counter, Histogram
 from bots.models import Bot
 from bots.validators import ip_in_cidrs
 from channels_app import handoff, replay
-from channels_app.errors import CallbackError
+from channels_app.base import Adapter
+from channels_app.errors import CallbackError, ReplayedRequest
 from channels_app.message import ParsedMessage
 from channels_app.models import InboundMessage
 from channels_app.registry import adapter_for
@@ -55,14 +56,33 @@ def _refuse(platform: str, status: int, outcome: str, message: str, *log_args) -
     return _plain(status, outcome.replace("_", " "))
 
 
-def _enqueue(message_id: int, acked_ms: float) -> None:
-    try:
-        from routing.tasks import handle_message
+def _enqueue(message_id: int, acked_ms: float, adapter: Adapter | None = None) -> None:
+    """Queue the dialog task. With the adapter's replay-check claim deferred, make it in
+    the same round trip and undo the row of a replayed request (ReplayedRequest)."""
+    from routing.tasks import handle_message
 
-        handoff.publish(handle_message, (message_id, acked_ms))
+    nonce = adapter.deferred_nonce if adapter is not None else None
+    try:
+        if nonce is None:
+            handoff.publish(handle_message, (message_id, acked_ms))
+            return
+        adapter.deferred_nonce = None
+        fresh = handoff.publish(handle_message, (message_id, acked_ms),
+                                claim=(replay.key(nonce), settings.CALLBACK_TIMESTAMP_WINDOW))
     except Exception as exc:  # broker down: the row is safe; the sweeper queues it later
         ENQUEUE_FAILED.inc()
         logger.error("message %s recorded but not queued (%s); the outbox sweeper will retry", message_id, exc)
+        if nonce is not None:
+            replay.unavailable(exc)
+        return
+    if fresh:
+        adapter.claimed_nonce = nonce
+        return
+    # Only a platform reusing a nonce for another message can get here: the signature
+    # covers the message, so a replay repeats its id and meets the unique constraint.
+    # The row goes; the task just queued finds nothing to claim.
+    InboundMessage.objects.filter(pk=message_id).delete()
+    raise ReplayedRequest(f"nonce {nonce.split(':', 1)[1][:40]!r} was already used")
 
 
 def _database_unavailable(platform: str, exc: DatabaseError) -> HttpResponse:
@@ -88,7 +108,7 @@ def _insert_statement() -> tuple[str, list]:
 _INSERT: tuple[str, list] | None = None
 
 
-def _record(bot: Bot, message: ParsedMessage, started: float) -> bool:
+def _record(bot: Bot, message: ParsedMessage, started: float, adapter: Adapter) -> bool:
     """Insert the outbox row; False if the platform delivered this message before."""
     global _INSERT
     row = InboundMessage(
@@ -114,9 +134,13 @@ def _record(bot: Bot, message: ParsedMessage, started: float) -> bool:
         cursor.execute(sql, params)
         inserted = cursor.fetchone()
     if inserted is None:
+        adapter.claim_deferred_nonce()  # a replay of a recorded message is still refused as one
         return False
     message_id = inserted[0]
-    transaction.on_commit(lambda: _enqueue(message_id, (time.perf_counter() - started) * 1000))
+    if adapter.deferred_nonce is not None:  # only outside a transaction (see callback())
+        _enqueue(message_id, (time.perf_counter() - started) * 1000, adapter)
+    else:
+        transaction.on_commit(lambda: _enqueue(message_id, (time.perf_counter() - started) * 1000))
     return True
 
 
@@ -173,18 +197,24 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
         return _refuse(platform, 413, "too_large", "callback for %s refused: body of %s bytes", bot.name, length)
 
     adapter = adapter_class(bot)
+    # A replay-check claim can ride along with the hand-off, one Redis round trip fewer,
+    # when the hand-off happens here and now (not at the commit of someone's transaction).
+    adapter.may_defer_nonce = not connection.in_atomic_block and handoff.can_claim_nonces()
     try:
         adapter.verify(request)
         answer = adapter.handshake(request)
         if answer is not None:
+            adapter.claim_deferred_nonce()
             CALLBACKS.labels(platform, "handshake").inc()
             return answer
         message = adapter.parse(request)
         if message is None:
+            adapter.claim_deferred_nonce()
             outcome = "event_ignored"
         elif not _should_answer(bot, message):
+            adapter.claim_deferred_nonce()
             outcome = "not_mentioned"
-        elif _record(bot, message, started):
+        elif _record(bot, message, started, adapter):
             outcome = "accepted"
         else:
             outcome = "duplicate"

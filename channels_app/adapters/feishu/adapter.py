@@ -172,7 +172,7 @@ class FeishuAdapter(Adapter):
         # A challenge is not replay-checked: answering it twice does nothing.
         if signed_at is not None:
             self.check_timestamp(_as_int(signed_at, "X-Lark-Request-Timestamp"))
-            self.claim_nonce(signed_nonce)
+            self.claim_nonce(signed_nonce, signature_covers_message=True)
         elif not is_url_verification:
             self._check_unsigned_freshness(payload)
         self.payload = payload

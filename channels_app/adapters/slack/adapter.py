@@ -126,7 +126,7 @@ class SlackAdapter(Adapter):
         self.check_timestamp(int(timestamp))
         # The signature covers the timestamp, so a retry (newly signed) is not a replay;
         # the very same request sent again is.
-        self.claim_nonce(f"sig:{given}")
+        self.claim_nonce(f"sig:{given}", signature_covers_message=True)
         try:
             payload = json.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:

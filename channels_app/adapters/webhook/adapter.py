@@ -129,7 +129,7 @@ class WebhookAdapter(Adapter):
                 f"{SIGNATURE_HEADER} does not match: sign \"<timestamp>.<raw body>\" with the bot's secret"
             )
         self.check_timestamp(int(timestamp))
-        self.claim_nonce(f"sig:{given}")
+        self.claim_nonce(f"sig:{given}", signature_covers_message=True)
         try:
             payload = json.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:

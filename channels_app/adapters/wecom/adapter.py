@@ -96,7 +96,7 @@ class WeComAdapter(Adapter):
         self.check_timestamp(int(params["timestamp"]))
         self._plaintext = decrypt_for_bot(self.bot, encrypted)
         # Claimed last, so a request refused for another reason never holds the nonce.
-        self.claim_nonce(params["nonce"])
+        self.claim_nonce(params["nonce"], signature_covers_message=True)
 
     def handshake(self, request: HttpRequest) -> HttpResponse | None:
         if self._echo is None:
