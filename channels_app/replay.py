@@ -17,18 +17,14 @@ REPLAY_CACHE_UNAVAILABLE = Counter(
 )
 
 
-def key(nonce_key: str) -> str:
-    """The Redis key of a nonce claim."""
-    return _key(nonce_key)
-
-
 def unavailable(exc: Exception) -> None:
     """Count and log a claim that could not be checked (accepted, as claim() does)."""
     REPLAY_CACHE_UNAVAILABLE.inc()
     logger.warning("nonce cache unavailable, accepting without replay check: %s", exc)
 
 
-def _key(nonce_key: str) -> str:
+def key(nonce_key: str) -> str:
+    """The Redis key of a nonce claim."""
     return f"{settings.CACHES['default']['KEY_PREFIX']}:nonce:{nonce_key}"
 
 
@@ -37,7 +33,7 @@ def claim(nonce_key: str, ttl_seconds: int) -> bool:
     traffic: the signature and timestamp checks still hold and the database's unique
     constraint still drops duplicates, so we accept, log and count it."""
     try:
-        return bool(get_redis_connection("default").set(_key(nonce_key), 1, nx=True, ex=max(ttl_seconds, 1)))
+        return bool(get_redis_connection("default").set(key(nonce_key), 1, nx=True, ex=max(ttl_seconds, 1)))
     except RedisError as exc:
         unavailable(exc)
         return True
@@ -45,6 +41,6 @@ def claim(nonce_key: str, ttl_seconds: int) -> bool:
 
 def release(nonce_key: str) -> None:
     try:
-        get_redis_connection("default").delete(_key(nonce_key))
+        get_redis_connection("default").delete(key(nonce_key))
     except RedisError as exc:
         logger.warning("could not release nonce after a failed callback: %s", exc)

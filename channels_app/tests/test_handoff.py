@@ -1,16 +1,18 @@
 """The callback's publish (channels_app/handoff.py) against Celery's own: the same
-message on the wire, the same queue, and a fresh connection after the broker was lost."""
+message on the wire, the same queue, a fresh connection after the broker was lost, and
+the replay check that rides along with it."""
 
 from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import pytest
 import redis
 from django.conf import settings
 
-from channels_app import handoff
+from channels_app import handoff, replay
 from config.celery import app
 from routing.tasks import handle_message
 from tests.processes import RedisServer
@@ -43,9 +45,9 @@ def queue():
 def test_the_message_is_the_one_delay_would_send(queue):
     client, name = queue
     handle_message.delay(41, 2.5)
-    task_id = handoff.publish(handle_message, (42, 3.5))
+    assert handoff.publish(handle_message, (42, 3.5)) is True
     ours, celerys = (_decoded(raw) for raw in client.lrange(name, 0, -1))  # newest first
-    assert ours["headers"]["id"] == task_id and ours["properties"]["correlation_id"] == task_id
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"] != celerys["headers"]["id"]
     assert ours["body"][0] == [42, 3.5] and celerys["body"][0] == [41, 2.5]
     assert ours["headers"]["argsrepr"] == "(42, 3.5)"
     ours["body"][0] = celerys["body"][0]
@@ -72,3 +74,22 @@ def test_after_the_broker_is_lost_the_next_publish_connects_again(monkeypatch):
     finally:
         server.stop()
         handoff._forget_connection()
+
+
+def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
+    client, name = queue
+    key = replay.key(f"handoff-test:{uuid.uuid4()}")
+    try:
+        assert handoff.can_claim_nonces()  # the default: broker and cache on the same Redis
+        assert handoff.publish(handle_message, (1, None), claim=(key, 60)) is True
+        assert handoff.publish(handle_message, (2, None), claim=(key, 60)) is False
+        assert 0 < client.ttl(key) <= 60
+        # Queued either way: the caller undoes the row of a replay, the task finds nothing.
+        assert [_decoded(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[2, None], [1, None]]
+    finally:
+        client.delete(key)
+
+
+def test_no_claim_rides_along_when_the_broker_is_another_redis(settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/9"
+    assert not handoff.can_claim_nonces()

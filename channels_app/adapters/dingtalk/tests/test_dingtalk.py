@@ -232,7 +232,7 @@ def test_a_signature_from_ahead_of_our_clock_stays_claimed_until_it_would_be_sta
                       headers={k: v for k, v in headers.items() if k != "Content-Type"})
     adapter = DingTalkAdapter(bot)
     adapter.verify(request)
-    ttl = get_redis_connection("default").ttl(replay._key(adapter.claimed_nonce))
+    ttl = get_redis_connection("default").ttl(replay.key(adapter.claimed_nonce))
     assert 5390 <= ttl <= 5402
 
 

@@ -1,0 +1,85 @@
+"""A callback's nonce claimed in the same Redis round trip as its hand-off (WeCom, Feishu
+with an Encrypt Key, Slack, the webhook: their signature covers the message). Outside a
+test transaction, as in production: the refusals stay what they were."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+
+import pytest
+import redis
+from django.conf import settings
+
+from bots.models import Bot
+from channels_app.models import InboundMessage
+from config.celery import app
+from tests.fakes.slack import slack_callback
+from tests.fakes.wecom import wecom_callback, wecom_text_xml
+
+
+@pytest.fixture
+def bot(transactional_db) -> Bot:
+    return Bot.objects.create(
+        name="fused", platform="wecom", app_id="wwfused", app_secret="s",
+        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        extra={"agent_id": 1000002},
+    )
+
+
+@pytest.fixture
+def queue():
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(app.conf.task_default_queue)
+    yield lambda: client.llen(app.conf.task_default_queue)
+    client.delete(app.conf.task_default_queue)
+
+
+def post(client, bot: Bot, text: str, msg_id: int, nonce: str, timestamp: int):
+    query, body = wecom_callback(bot, wecom_text_xml(bot.app_id, "u1", text, msg_id, 1000002), timestamp, nonce)
+    return client.post(f"{bot.callback_path}?{query}", body, content_type="text/xml")
+
+
+def test_a_replayed_request_is_refused_and_answered_once(client, bot, queue):
+    now = int(time.time())
+    assert post(client, bot, "hello", 1, "n-1", now).status_code == 200
+    assert post(client, bot, "hello", 1, "n-1", now).status_code == 409
+    assert InboundMessage.objects.count() == 1 and queue() == 1
+
+
+def test_a_reused_nonce_on_another_message_is_refused_and_leaves_no_row(client, bot, queue):
+    now = int(time.time())
+    assert post(client, bot, "first", 1, "n-2", now).status_code == 200
+    response = post(client, bot, "second", 2, "n-2", now)
+    assert response.status_code == 409
+    assert list(InboundMessage.objects.values_list("text", flat=True)) == ["first"]
+    # Its task was queued in the same round trip; it finds no row to claim.
+    from routing.tasks import handle_message
+
+    assert queue() == 2
+    assert handle_message.apply(args=(InboundMessage.objects.get().pk + 1, None)).get() == "not claimed"
+
+
+def test_a_redelivery_under_a_new_nonce_is_a_duplicate_and_claims_its_nonce(client, bot, queue):
+    now = int(time.time())
+    assert post(client, bot, "hello", 1, "n-3", now).status_code == 200
+    assert post(client, bot, "hello", 1, "n-4", now).status_code == 200  # WeCom's retry
+    assert post(client, bot, "hello", 1, "n-4", now).status_code == 409  # and its replay
+    assert InboundMessage.objects.count() == 1 and queue() == 1
+
+
+@pytest.mark.parametrize("payload", [
+    {"token": "t", "challenge": "c-1", "type": "url_verification"},  # a handshake
+    {"token": "t", "type": "event_callback", "event_id": "Ev1", "event": {"type": "reaction_added"}},  # ignored
+])
+def test_a_request_with_no_hand_off_still_has_its_nonce_checked(client, transactional_db, payload):
+    bot = Bot.objects.create(name="slack-fused", platform="slack", app_secret="signing-secret", token="xoxb-1",
+                             extra={})
+    headers, body = slack_callback(payload, "signing-secret")
+    content_type = headers.pop("Content-Type")
+    first = client.post(bot.callback_path, body, content_type=content_type, headers=headers)
+    again = client.post(bot.callback_path, body, content_type=content_type, headers=headers)
+    assert (first.status_code, again.status_code) == (200, 409)
+    assert InboundMessage.objects.count() == 0
