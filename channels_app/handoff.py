@@ -36,9 +36,10 @@ def _open_channel():
     if _channel is None:
         connection = app.connection_for_write()
         try:
-            # Briefly, as Celery's own publish retries: kombu's default waits 2 s between
-            # attempts, and the platform is waiting for this callback's answer.
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2)
+            # One attempt (bounded by the transport's connect timeout): kombu's default
+            # retries with 2 s pauses, and the platform is waiting for this callback's
+            # answer. The row is committed; the sweeper queues it if this fails.
+            connection.ensure_connection(max_retries=0)
             channel = connection.channel()
             # Declared once per connection, as Celery does before its first publish: a
             # broker such as RabbitMQ drops a message for a queue nobody declared yet.

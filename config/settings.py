@@ -330,8 +330,13 @@ CELERY_BEAT_SCHEDULE = {
     "check-api-key-expiry": {"task": "bots.tasks.check_api_key_expiry", "schedule": crontab(hour=6, minute=0)},
 }
 # An unacknowledged task returns to the queue after this long (a worker killed with
-# kill -9 never acknowledges); it must exceed the longest task.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+# kill -9 never acknowledges); it must exceed the longest task. Connecting gives up
+# after 2 s, as the cache does: a broker host that drops packets must not hold a
+# callback past the platform's deadline (the message is safe; the sweeper queues it).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    "socket_connect_timeout": 2,
+}
 
 # Operations: /metrics, and what `manage.py doctor` checks (docs/operations.md).
 # Prometheus may scrape from these networks without a token, or from anywhere with

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 import uuid
 
 import pytest
@@ -93,3 +95,31 @@ def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
 def test_no_claim_rides_along_when_the_broker_is_another_redis(settings):
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/9"
     assert not handoff.can_claim_nonces()
+
+
+def test_a_broker_that_never_answers_the_connection_does_not_hold_the_callback(monkeypatch):
+    """A listener whose accept queue is full drops new SYNs, as a host behind a silent
+    firewall does: without a connect timeout the publish would wait for the kernel's
+    (minutes); the platform stops waiting at 5 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later connects get no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        monkeypatch.setitem(app.conf, "broker_url", f"redis://127.0.0.1:{port}/0")
+        handoff._forget_connection()
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017 (whatever kombu raises: the caller only logs it)
+            handoff.publish(handle_message, (1, None))
+        assert time.monotonic() - started < 5
+    finally:
+        handoff._forget_connection()
+        for sock in [*fillers, listener]:
+            sock.close()
