@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from celery import shared_task
@@ -46,9 +46,20 @@ MODEL_SECONDS = Histogram(
     "switchboard_model_seconds", "Time the model backend took to answer, retries included", ["backend"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
 )
+DEFERRED = Counter(
+    "switchboard_sends_deferred_total",
+    "Reply parts whose send slot was far enough away that the task came back for it instead of waiting",
+    ["platform"],
+)
 MODEL_RETRIES = Counter(
     "switchboard_model_retries_total", "Model requests repeated after a transient error", ["backend"]
 )
+
+# A wait for the bot's send slot longer than this is not slept in a worker process:
+# the task comes back for its slot (a Celery countdown) and the pool serves other bots'
+# messages meanwhile. A task back later than SLOT_LATE_TOLERANCE reserves a new slot.
+DEFER_SLOT_AFTER = 1.0
+SLOT_LATE_TOLERANCE = 0.05
 
 _http: httpx.Client | None = None
 
@@ -61,27 +72,71 @@ def http_client() -> httpx.Client:
     return _http
 
 
-def _claim_sql() -> str:
+def _claim_sql(deferred: bool = False) -> str:
     quote = connection.ops.quote_name
     table = quote(InboundMessage._meta.db_table)
     status, started_at, attempts, acked_ms = (quote(c) for c in ("status", "started_at", "attempts", "acked_ms"))
     # Only the model's own table and column names go into the text; values are parameters.
+    if deferred:  # back for the send slot it reserved: the row waits, processing, until then
+        return (f"UPDATE {table} SET {started_at} = %s "  # noqa: S608
+                f"WHERE {quote('id')} = %s AND {status} = %s AND {started_at} = %s RETURNING *")
     return (f"UPDATE {table} SET {status} = %s, {started_at} = %s, {attempts} = {attempts} + 1, "  # noqa: S608
             f"{acked_ms} = COALESCE(%s, {acked_ms}) "
             f"WHERE {quote('id')} = %s AND ({status} = %s OR ({status} = %s AND {started_at} < %s)) RETURNING *")
 
 
-def _claim(message_id: int, acked_ms: float | None) -> InboundMessage | None:
+def _claim(message_id: int, acked_ms: float | None, slot: datetime | None = None) -> InboundMessage | None:
     """Take the row (received, or processing but stuck) and load it: one statement, so
-    two workers handed the same message cannot both take it. None: not ours to do."""
+    two workers handed the same message cannot both take it. With slot: take back the
+    row this task deferred to that send slot. None: not ours to do."""
     now = timezone.now()
-    stuck_before = now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
     adapt = connection.ops.adapt_datetimefield_value
-    rows = list(InboundMessage.objects.raw(_claim_sql(), [
-        MessageStatus.PROCESSING, adapt(now), acked_ms, message_id,
-        MessageStatus.RECEIVED, MessageStatus.PROCESSING, adapt(stuck_before),
-    ]))
+    if slot is not None:
+        params = [adapt(now), message_id, MessageStatus.PROCESSING, adapt(slot)]
+    else:
+        stuck_before = now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER)
+        params = [MessageStatus.PROCESSING, adapt(now), acked_ms, message_id,
+                  MessageStatus.RECEIVED, MessageStatus.PROCESSING, adapt(stuck_before)]
+    rows = list(InboundMessage.objects.raw(_claim_sql(deferred=slot is not None), params))
     return rows[0] if rows else None
+
+
+def _wait_for_slot(bot, held_slot: datetime | None) -> float | None:
+    """Sleep until the next reply part may go out; the seconds to defer instead (the
+    slot, reserved, is then that far away), or None once it may go out now.
+
+    held_slot: the slot a deferred task came back for. Started on time, it is used
+    (after sleeping off any early start); started late, it is given up for a new one,
+    so that late starts cannot bunch sends beyond the bot's rate."""
+    if held_slot is not None:
+        early = (held_slot - timezone.now()).total_seconds()
+        if early >= -SLOT_LATE_TOLERANCE:
+            time.sleep(max(early, 0))
+            return None
+    wait = ratelimit.reserve_slot(bot)
+    ratelimit.RATE_LIMIT_WAIT.observe(wait)
+    if wait > DEFER_SLOT_AFTER:
+        return wait
+    if wait > 0:
+        time.sleep(wait)
+    return None
+
+
+def _defer_to_slot(row: InboundMessage, wait: float) -> bool:
+    """Leave the pool to other messages until the reserved slot: the row stays
+    processing, marked with the slot (so the sweeper leaves it alone until
+    OUTBOX_STUCK_AFTER past it), and the task comes back then. False if it could not
+    be queued (the caller sleeps instead: the slot is reserved either way)."""
+    slot = timezone.now() + timedelta(seconds=wait)
+    InboundMessage.objects.filter(pk=row.pk).update(started_at=slot, parts_sent=row.parts_sent)
+    try:
+        handle_message.apply_async((row.pk,), {"slot_at": slot.isoformat()}, countdown=wait)
+    except Exception as exc:  # noqa: BLE001 (the broker's errors vary by transport)
+        logger.warning("message %s could not be deferred to its send slot (%s); waiting for it here", row.pk, exc)
+        InboundMessage.objects.filter(pk=row.pk).update(started_at=timezone.now())
+        return False
+    DEFERRED.labels(row.bot.platform).inc()
+    return True
 
 
 def _finish(row: InboundMessage, status: str, error: str = "", also: tuple[str, ...] = ()) -> None:
@@ -106,10 +161,11 @@ def _release_for_retry(row: InboundMessage, error: str) -> None:
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3, ignore_result=True)
-def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
+def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at: str | None = None) -> str:
     bind_log_context(message_id=message_id)
+    held_slot = datetime.fromisoformat(slot_at) if slot_at else None
     try:
-        row = _claim(message_id, acked_ms)
+        row = _claim(message_id, acked_ms, held_slot)
     except (OperationalError, InterfaceError) as exc:
         # Most often a kept connection that died while idle (PostgreSQL restarted):
         # Django replaces it after this task; the row is untouched, so try again soon.
@@ -147,7 +203,12 @@ def handle_message(self, message_id: int, acked_ms: float | None = None) -> str:
     started = time.perf_counter()
     try:
         for index in range(row.parts_sent, len(parts)):
-            ratelimit.wait_for_slot(bot)
+            defer_for = _wait_for_slot(bot, held_slot)
+            held_slot = None
+            if defer_for is not None:
+                if _defer_to_slot(row, defer_for):
+                    return "deferred"
+                time.sleep(defer_for)
             adapter.send(
                 OutboundReply(
                     chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=parts[index],

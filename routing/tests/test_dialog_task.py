@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import base64
 import os
+import time
+from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
 from channels_app.models import InboundMessage, MessageStatus
+from routing import ratelimit
 from routing.context import ContextStore
 from routing.models import ModelBackend
-from routing.tasks import handle_message
+from routing.tasks import handle_message, sweep_outbox
 from tests.fakes.model import FakeModel
 from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom
 
@@ -48,3 +52,85 @@ def test_a_finished_message_is_not_claimed_again(world):
     assert handle_message.apply(args=[row.pk]).get() == "replied"
     assert handle_message.apply(args=[row.pk]).get() == "not claimed"
     assert len(wecom.received(r"/message/send")) == 1
+
+
+# -- a send slot far away: the task comes back for it instead of holding a worker -------
+
+def _queued_deferrals(bot_row_pk: int) -> list[dict]:
+    import base64 as b64
+    import json
+
+    import redis
+    from django.conf import settings
+
+    from config.celery import app
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    found = []
+    for raw in client.lrange(app.conf.task_default_queue, 0, -1):
+        envelope = json.loads(raw)
+        args, kwargs, _ = json.loads(b64.b64decode(envelope["body"]))
+        if args == [bot_row_pk] and "slot_at" in kwargs:
+            found.append({"slot_at": kwargs["slot_at"], "eta": envelope["headers"]["eta"]})
+            client.lrem(app.conf.task_default_queue, 1, raw)
+    return found
+
+
+@pytest.fixture
+def slow_bot(world):
+    bot, wecom = world
+    bot.rate_limit_qps = 1  # one send per 1.1 s
+    bot.save()
+    return bot, wecom
+
+
+def _message(bot, msg_id: str) -> InboundMessage:
+    return InboundMessage.objects.create(bot=bot, platform_message_id=msg_id, chat_id="zhang", sender_id="zhang",
+                                         chat_type="p2p", text=f"paced {msg_id}",
+                                         raw={"reply_context": {"touser": "zhang"}})
+
+
+def test_a_far_slot_defers_the_task_and_it_sends_in_its_slot(slow_bot):
+    bot, wecom = slow_bot
+    assert ratelimit.reserve_slot(bot) == 0  # someone else just sent: the next slot is 1.1 s away
+    row = _message(bot, "31")
+    assert handle_message.apply(args=[row.pk]).get() == "deferred"
+    row.refresh_from_db()
+    assert row.status == MessageStatus.PROCESSING and row.reply_text  # the model answered once
+    assert row.started_at > timezone.now() + timedelta(seconds=0.8)
+    assert wecom.received(r"/message/send") == []
+    [deferral] = _queued_deferrals(row.pk)
+    assert datetime.fromisoformat(deferral["eta"]) >= datetime.fromisoformat(deferral["slot_at"])
+
+    # No sweeper run takes it while it waits for its slot.
+    assert sweep_outbox()["processing"] == 0
+    # A stray copy that does not hold the slot finds nothing to do.
+    assert handle_message.apply(args=[row.pk], kwargs={"slot_at": timezone.now().isoformat()}).get() == "not claimed"
+
+    assert handle_message.apply(args=[row.pk], kwargs={"slot_at": deferral["slot_at"]}).get() == "replied"
+    [sent] = wecom.received(r"/message/send")
+    assert sent.at >= datetime.fromisoformat(deferral["slot_at"]).timestamp()
+    assert sent.json()["text"]["content"] == "[m1] paced 31 (history=0)"
+    row.refresh_from_db()
+    assert row.status == MessageStatus.REPLIED and row.attempts == 1
+
+
+def test_a_deferred_task_back_too_late_gives_up_its_slot_for_a_new_one(slow_bot):
+    bot, wecom = slow_bot
+    ratelimit.reserve_slot(bot)
+    row = _message(bot, "32")
+    assert handle_message.apply(args=[row.pk]).get() == "deferred"
+    [deferral] = _queued_deferrals(row.pk)
+    slot = datetime.fromisoformat(deferral["slot_at"])
+    time.sleep(max((slot - timezone.now()).total_seconds(), 0) + 0.3)  # the worker was busy: 300 ms late
+    ratelimit.reserve_slot(bot)  # meanwhile another message took the next slot
+    assert handle_message.apply(args=[row.pk], kwargs={"slot_at": deferral["slot_at"]}).get() == "deferred"
+    assert wecom.received(r"/message/send") == []
+    assert len(_queued_deferrals(row.pk)) == 1
+
+
+def test_a_near_slot_is_waited_for_in_place(slow_bot):
+    bot, wecom = slow_bot
+    row = _message(bot, "33")
+    assert handle_message.apply(args=[row.pk]).get() == "replied"  # the first slot is free
+    assert _queued_deferrals(row.pk) == []

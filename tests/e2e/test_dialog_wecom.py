@@ -198,3 +198,27 @@ def test_a_long_answer_is_split_and_every_part_arrives_in_order(client, bot, wec
     assert len(parts) == row.parts_sent >= 3
     assert all(len(p.encode()) <= 2048 for p in parts)
     assert "".join(parts) == "\n\n".join(paragraphs)
+
+
+def test_a_slow_paced_bot_with_a_backlog_does_not_hold_up_another_bot(client, bot, wecom, transactional_db):
+    """Four messages to a 1-QPS bot need 3.3 s of pacing. Their tasks come back for
+    their send slots instead of sleeping in the two worker processes, so a message to
+    another bot, right behind them in the queue, is answered at once."""
+    noisy = Bot.objects.create(
+        name="noisy", platform="wecom", app_id=bot.app_id, app_secret=DEFAULT_CORP_SECRET,
+        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=wecom.url, extra={"agent_id": 1000002}, default_backend=bot.default_backend,
+        rate_limit_qps=1,
+    )
+    with CeleryWorker(concurrency=2):
+        for n in range(4):
+            deliver(client, noisy, f"noisy {n}", 9300 + n, user=f"crowd{n}")
+        sent_at = time.time()
+        deliver(client, bot, "me too", 9400, user="patient")
+        sends = wecom.wait_for(r"/message/send", 5, timeout=30)
+    by_text = {r.json()["text"]["content"]: r.at for r in sends}
+    assert by_text["[m1] me too (history=0)"] - sent_at < 1.0
+    noisy_times = sorted(at for text, at in by_text.items() if "noisy" in text)
+    assert len(noisy_times) == 4
+    assert all(b - a >= 1.0 for a, b in zip(noisy_times, noisy_times[1:], strict=False))  # still paced
+    assert InboundMessage.objects.filter(bot=noisy, status=MessageStatus.REPLIED, attempts=1).count() == 4
