@@ -232,7 +232,8 @@ def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at
         SEND_RETRIES.labels(bot.platform).inc()
         _release_for_retry(row, f"send attempt {self.request.retries + 1}: {exc}")
         retry_after = getattr(exc, "retry_after", None)
-        raise self.retry(countdown=retry_after or 2 ** self.request.retries) from None
+        # Without slot_at: the row is "received" again, and the retry reserves its own slot.
+        raise self.retry(countdown=retry_after or 2 ** self.request.retries, kwargs={}) from None
     row.send_ms = (time.perf_counter() - started) * 1000
     if first_delivery:
         # A reply re-sent from the console is already part of the conversation.

@@ -17,6 +17,7 @@ from routing.context import ContextStore
 from routing.models import ModelBackend
 from routing.tasks import handle_message, sweep_outbox
 from tests.fakes.model import FakeModel
+from tests.fakes.server import Fault
 from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom
 
 
@@ -134,3 +135,20 @@ def test_a_near_slot_is_waited_for_in_place(slow_bot):
     row = _message(bot, "33")
     assert handle_message.apply(args=[row.pk]).get() == "replied"  # the first slot is free
     assert _queued_deferrals(row.pk) == []
+
+
+def test_a_send_that_fails_after_a_deferral_is_retried_as_a_fresh_message(slow_bot):
+    bot, wecom = slow_bot
+    wecom.plan(r"/message/send", Fault(503, "upstream busy"))
+    ratelimit.reserve_slot(bot)
+    row = _message(bot, "34")
+    assert handle_message.apply(args=[row.pk]).get() == "deferred"
+    [deferral] = _queued_deferrals(row.pk)
+    # The send in its slot fails; the retry claims the row as received and, the next
+    # slot being 1.1 s away again, defers once more.
+    handle_message.apply(args=[row.pk], kwargs={"slot_at": deferral["slot_at"]})
+    [again] = _queued_deferrals(row.pk)
+    assert handle_message.apply(args=[row.pk], kwargs={"slot_at": again["slot_at"]}).get() == "replied"
+    assert len(wecom.received(r"/message/send")) == 2  # the refused one and the one that arrived
+    row.refresh_from_db()
+    assert row.status == MessageStatus.REPLIED
