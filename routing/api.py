@@ -122,6 +122,7 @@ class ChatView(ApiView):
             403: _error("ip_not_allowed or missing_scope"),
             404: _error("unknown_bot"),
             409: _error("bot_disabled"),
+            415: _error("unsupported_media_type: the body is not sent as application/json"),
             429: _error("throttled: too many requests with this key; see Retry-After"),
             502: _error("model_failed: the model backend (and its fallback) could not answer"),
             503: _error("no_backend: no routing rule matched and the bot has no default backend"),

@@ -28,7 +28,7 @@ def test_the_schema_is_valid_openapi_and_describes_the_api(client):
     assert set(schema["components"]["schemas"]["ChatResponse"]["properties"]) >= {
         "answer", "backend", "rule", "latency_ms", "bot"
     }
-    for status in ("400", "401", "403", "404", "429", "502", "503", "504"):
+    for status in ("400", "401", "403", "404", "409", "415", "429", "502", "503", "504"):
         assert chat["responses"][status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ApiError"
         }, status
