@@ -145,5 +145,20 @@ def click_and_wait(browser, target) -> None:
             if not isinstance(target, str) or attempt == 2 or not replaced:
                 raise
             continue
-        WebDriverWait(browser, 10).until(ec.staleness_of(element))
+        WebDriverWait(browser, 10).until(lambda _, gone=element: _is_gone(gone))
         return
+
+
+def _is_gone(element) -> bool:
+    """ec.staleness_of, also for Chromium's other word for a replaced node: asked about
+    an element while the new page replaces it, it may answer that the node "does not
+    belong to the document" instead of reporting it stale."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
