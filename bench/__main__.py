@@ -132,7 +132,8 @@ def loadgen(url: str, platform_name: str, bot, log_dir: Path, *, duration: float
     args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--platform", platform_name,
             "--duration", str(duration), "--concurrency", str(concurrency), "--json", str(out)]
     if bot is not None:
-        args += ["--app-id", bot.app_id, "--token", bot.token, "--aes-key", bot.encoding_aes_key]
+        # name=value: a generated token may begin with "-", which argparse would take for an option
+        args += [f"--app-id={bot.app_id}", f"--token={bot.token}", f"--aes-key={bot.encoding_aes_key}"]
     if rate:
         args += ["--rate", str(rate)]
     if records:

@@ -8,7 +8,7 @@ clock starts, so signing and encryption do not count against the server. Point i
 any gateway configured with the same credentials:
 
     python -m bench.loadgen --url http://127.0.0.1:18789/callback/wecom/<uuid>/ \\
-        --platform wecom --token TOKEN --aes-key AESKEY --app-id CORPID --duration 10
+        --platform wecom --token=TOKEN --aes-key=AESKEY --app-id CORPID --duration 10
 
 It prints (or writes with --json) the requests/s, the status counts, the ack latency
 percentiles and, with --records, every request's message id, send time and latency.
