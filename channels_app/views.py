@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from functools import cache
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -92,6 +93,7 @@ def _database_unavailable(platform: str, exc: DatabaseError) -> HttpResponse:
                    "callback on %s not recorded, the database is unavailable: %s", platform[:20], exc)
 
 
+@cache
 def _insert_statement() -> tuple[str, list]:
     """INSERT of a whole outbox row that skips a re-delivery instead of failing on it."""
     meta = InboundMessage._meta
@@ -105,12 +107,8 @@ def _insert_statement() -> tuple[str, list]:
     return sql, fields
 
 
-_INSERT: tuple[str, list] | None = None
-
-
 def _record(bot: Bot, message: ParsedMessage, started: float, adapter: Adapter) -> bool:
     """Insert the outbox row; False if the platform delivered this message before."""
-    global _INSERT
     row = InboundMessage(
         bot=bot,
         platform_message_id=message.platform_message_id[:200],
@@ -121,9 +119,7 @@ def _record(bot: Bot, message: ParsedMessage, started: float, adapter: Adapter) 
         mentioned=message.mentioned,
         raw={"reply_context": message.reply_context, "event": message.raw},
     )
-    if _INSERT is None:
-        _INSERT = _insert_statement()
-    sql, fields = _INSERT
+    sql, fields = _insert_statement()
     # One statement, in autocommit: no BEGIN/COMMIT round trips and no IntegrityError
     # to unwind for a re-delivery (docs/performance.md). Inside someone's transaction (a
     # test's) it simply joins it, and the task is queued when that transaction commits.

@@ -58,9 +58,14 @@ def reserve_slot(bot: Bot) -> float:
         return interval_ms / 1000
 
 
-def wait_for_slot(bot: Bot, sleep=time.sleep) -> float:
+def wait_for_slot(bot: Bot, sleep=time.sleep, defer_after: float | None = None) -> float:
+    """Reserve the bot's next send slot and sleep until it. What is left to wait: 0, or,
+    when the slot is more than defer_after seconds away, the whole wait, not slept (the
+    slot stays reserved for the caller to come back to)."""
     wait = reserve_slot(bot)
     RATE_LIMIT_WAIT.observe(wait)
+    if defer_after is not None and wait > defer_after:
+        return wait
     if wait > 0:
         sleep(wait)
-    return wait
+    return 0.0

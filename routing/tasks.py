@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
+from functools import cache
 
 import httpx
 from celery import shared_task
@@ -72,6 +73,7 @@ def http_client() -> httpx.Client:
     return _http
 
 
+@cache
 def _claim_sql(deferred: bool = False) -> str:
     quote = connection.ops.quote_name
     table = quote(InboundMessage._meta.db_table)
@@ -113,13 +115,7 @@ def _wait_for_slot(bot, held_slot: datetime | None) -> float | None:
         if early >= -SLOT_LATE_TOLERANCE:
             time.sleep(max(early, 0))
             return None
-    wait = ratelimit.reserve_slot(bot)
-    ratelimit.RATE_LIMIT_WAIT.observe(wait)
-    if wait > DEFER_SLOT_AFTER:
-        return wait
-    if wait > 0:
-        time.sleep(wait)
-    return None
+    return ratelimit.wait_for_slot(bot, defer_after=DEFER_SLOT_AFTER) or None
 
 
 def _defer_to_slot(row: InboundMessage, wait: float) -> bool:
