@@ -4,8 +4,6 @@ the replay check that rides along with it."""
 
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import time
 import uuid
@@ -17,6 +15,7 @@ from django.conf import settings
 from channels_app import handoff, replay
 from config.celery import app
 from routing.tasks import handle_message
+from tests.broker import decode_task_message
 from tests.processes import RedisServer
 
 # Differ on every publish, whoever sends it.
@@ -27,12 +26,6 @@ def _strip(value):
     if isinstance(value, dict):
         return {k: _strip(v) for k, v in value.items() if k not in PER_MESSAGE}
     return value
-
-
-def _decoded(raw: bytes) -> dict:
-    envelope = json.loads(raw)
-    envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
-    return envelope
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ def test_the_message_is_the_one_delay_would_send(queue):
     client, name = queue
     handle_message.delay(41, 2.5)
     assert handoff.publish(handle_message, (42, 3.5)) is True
-    ours, celerys = (_decoded(raw) for raw in client.lrange(name, 0, -1))  # newest first
+    ours, celerys = (decode_task_message(raw) for raw in client.lrange(name, 0, -1))  # newest first
     assert ours["properties"]["correlation_id"] == ours["headers"]["id"] != celerys["headers"]["id"]
     assert ours["body"][0] == [42, 3.5] and celerys["body"][0] == [41, 2.5]
     assert ours["headers"]["argsrepr"] == "(42, 3.5)"
@@ -72,7 +65,7 @@ def test_after_the_broker_is_lost_the_next_publish_connects_again(monkeypatch):
         server.start()  # the same port, empty
         handoff.publish(handle_message, (3, None))
         [raw] = server.client().lrange(name, 0, -1)
-        assert _decoded(raw)["body"][0] == [3, None]
+        assert decode_task_message(raw)["body"][0] == [3, None]
     finally:
         server.stop()
         handoff._forget_connection()
@@ -87,7 +80,7 @@ def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
         assert handoff.publish(handle_message, (2, None), claim=(key, 60)) is False
         assert 0 < client.ttl(key) <= 60
         # Queued either way: the caller undoes the row of a replay, the task finds nothing.
-        assert [_decoded(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[2, None], [1, None]]
+        assert [decode_task_message(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[2, None], [1, None]]
     finally:
         client.delete(key)
 

@@ -16,6 +16,7 @@ from routing import ratelimit
 from routing.context import ContextStore
 from routing.models import ModelBackend
 from routing.tasks import handle_message, sweep_outbox
+from tests.broker import decode_task_message
 from tests.fakes.model import FakeModel
 from tests.fakes.server import Fault
 from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom
@@ -58,9 +59,7 @@ def test_a_finished_message_is_not_claimed_again(world):
 # -- a send slot far away: the task comes back for it instead of holding a worker -------
 
 def _queued_deferrals(bot_row_pk: int) -> list[dict]:
-    import base64 as b64
-    import json
-
+    """The deferred tasks queued for this row, taken off the queue."""
     import redis
     from django.conf import settings
 
@@ -69,8 +68,8 @@ def _queued_deferrals(bot_row_pk: int) -> list[dict]:
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     found = []
     for raw in client.lrange(app.conf.task_default_queue, 0, -1):
-        envelope = json.loads(raw)
-        args, kwargs, _ = json.loads(b64.b64decode(envelope["body"]))
+        envelope = decode_task_message(raw)
+        args, kwargs, _ = envelope["body"]
         if args == [bot_row_pk] and "slot_at" in kwargs:
             found.append({"slot_at": kwargs["slot_at"], "eta": envelope["headers"]["eta"]})
             client.lrem(app.conf.task_default_queue, 1, raw)
