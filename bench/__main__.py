@@ -409,7 +409,8 @@ def table(report: dict) -> str:
     ing = report.get("ingestion")
     if ing:
         lines += ["", f"Ingestion (closed loop, {ing['wecom']['mode']})",
-                  f"{'endpoint':<22}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  statuses"]
+                  f"{'endpoint':<22}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+                  f"{'CPU ms':>8}  statuses"]
         for key, label in (("bare_before", "bare DRF POST (1st)"), ("wecom", "WeCom callback"),
                            ("feishu", "Feishu callback"), ("bare_after", "bare DRF POST (2nd)"),
                            ("wecom_fixed_rate", f"WeCom @ {ing['wecom_fixed_rate']['mode']}")):
@@ -417,7 +418,9 @@ def table(report: dict) -> str:
             ratio = ing["ratios"].get(key) if key in ing["ratios"] else None
             lines.append(f"{label:<22}{_fmt(r['requests_per_second']):>9}{_fmt(ratio):>8}"
                          f"{_fmt(r['ack_ms']['p50']):>9}{_fmt(r['ack_ms']['p95']):>9}{_fmt(r['ack_ms']['p99']):>9}"
-                         f"  {r['statuses']}")
+                         f"{_fmt(r.get('machine_cpu_ms_per_request')):>8}  {r['statuses']}")
+        lines.append("CPU ms: busy CPU time of the whole machine (server, PostgreSQL, Redis, load generator) "
+                     "per answered request")
     e2e = report.get("end_to_end")
     if e2e:
         lines += ["", "End to end (callback sent -> reply received at the fake WeCom; instant model)",

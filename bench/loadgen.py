@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 import time
@@ -33,6 +34,22 @@ PLATFORMS = ("wecom", "feishu", "bare")
 class Prepared:
     message_id: str
     data: bytes
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time all cores have spent busy since boot (Linux /proc/stat), None elsewhere.
+    Its growth over a run, per request, is what a request costs the whole machine: the
+    server, its database and Redis, and this load generator alike."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / _CLOCK_TICKS
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -111,6 +128,7 @@ async def run(args: argparse.Namespace, prepared: list[Prepared]) -> dict:
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     records: list[tuple[str, float, int, float]] = []  # message id, wall send time, status, seconds
     queue = iter(prepared)
+    busy_before = machine_busy_seconds()
     started = time.perf_counter()
     deadline = started + args.duration
 
@@ -139,7 +157,10 @@ async def run(args: argparse.Namespace, prepared: list[Prepared]) -> dict:
 
         await asyncio.gather(*(loop() for _ in range(args.concurrency)))
     elapsed = time.perf_counter() - started
+    busy_after = machine_busy_seconds()
+    busy = busy_after - busy_before if busy_before is not None and busy_after is not None else None
     latencies = sorted(seconds * 1000 for _, _, status, seconds in records if 200 <= status < 300)
+    cpu_per_request = round(busy * 1000 / len(latencies), 3) if busy is not None and latencies else None
     statuses: dict[str, int] = {}
     for _, _, status, _ in records:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
@@ -153,6 +174,8 @@ async def run(args: argparse.Namespace, prepared: list[Prepared]) -> dict:
         "seconds": round(elapsed, 3),
         "requests_per_second": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
         "ack_ms": summarize(latencies),
+        # Busy CPU time of the whole machine per answered request during the run, in ms.
+        "machine_cpu_ms_per_request": cpu_per_request,
         "exhausted": len(records) >= len(prepared),
     }
     if args.records:

@@ -21,6 +21,11 @@ from channels_app.errors import ReplayedRequest, StaleRequest
 from channels_app.message import OutboundReply, ParsedMessage
 
 
+def nonce_already_used(key: str) -> ReplayedRequest:
+    """The refusal for a nonce claim (key `<bot uuid>:<nonce>`) that was already taken."""
+    return ReplayedRequest(f"nonce {key.split(':', 1)[1][:40]!r} was already used")
+
+
 class Adapter(ABC):
     #: the Bot.platform value this adapter serves
     platform: ClassVar[str]
@@ -107,5 +112,5 @@ class Adapter(ABC):
 
     def _claim(self, key: str) -> None:
         if not replay.claim(key, settings.CALLBACK_TIMESTAMP_WINDOW):
-            raise ReplayedRequest(f"nonce {key.split(':', 1)[1][:40]!r} was already used")
+            raise nonce_already_used(key)
         self.claimed_nonce = key

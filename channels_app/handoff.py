@@ -24,16 +24,22 @@ from kombu import uuid
 from kombu.common import maybe_declare
 from kombu.serialization import dumps
 
+from config import broker
 from config.celery import app
 
 _lock = threading.Lock()
 _connection = None
 _channel = None
+# Read from the app's configuration when the channel opens: each lookup there walks a
+# chain of mappings, twice per publish.
+_queue = ""
+_serializer = ""
 
 
 def _open_channel():
-    global _connection, _channel
+    global _connection, _channel, _queue, _serializer
     if _channel is None:
+        _queue, _serializer = app.conf.task_default_queue, app.conf.task_serializer
         connection = app.connection_for_write()
         try:
             # One attempt (bounded by the transport's connect timeout): kombu's default
@@ -43,7 +49,7 @@ def _open_channel():
             channel = connection.channel()
             # Declared once per connection, as Celery does before its first publish: a
             # broker such as RabbitMQ drops a message for a queue nobody declared yet.
-            maybe_declare(app.amqp.queues[app.conf.task_default_queue], channel)
+            maybe_declare(app.amqp.queues[_queue], channel)
         except Exception:
             connection.collect()
             raise
@@ -74,22 +80,23 @@ def publish(task, args: tuple, claim: tuple[str, int] | None = None) -> bool:
         uuid(), task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
         ignore_result=task.ignore_result, reply_to=app.thread_oid,
     )
-    content_type, content_encoding, body = dumps(message.body, serializer=app.conf.task_serializer)
     properties = {**message.properties, "delivery_mode": 2}  # persistent, as Celery's default
     with _lock:  # a kombu channel is not for two threads at once (gthread workers)
         try:
             channel = _open_channel()
+            content_type, content_encoding, body = dumps(message.body, serializer=_serializer)
             prepared = channel.prepare_message(body, 0, content_type, content_encoding, message.headers, properties)
-            queue = app.conf.task_default_queue
-            if claim is None:
+            queue = _queue
+            if not isinstance(channel, broker.Channel):  # another transport: kombu's own publish
                 channel.basic_publish(prepared, exchange="", routing_key=queue)
                 return True
-            key, ttl = claim
-            with channel.pipelined() as pipeline:
-                pipeline.set(key, 1, nx=True, ex=max(ttl, 1))
-                channel.basic_publish(prepared, exchange="", routing_key=queue)
-                claimed, *_ = pipeline.execute()
-            return bool(claimed)
+            batch = channel.batch()
+            if claim is not None:
+                key, ttl = claim
+                batch.add("set", key, 1, "NX", "EX", max(ttl, 1))
+            channel.basic_publish(prepared, exchange="", routing_key=queue, _publish_batch=batch)
+            replies = batch.execute()
+            return claim is None or replies[0] is not None
         except Exception:
             _forget_connection()
             raise

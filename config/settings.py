@@ -149,6 +149,14 @@ else:
     # connection that died while idle then fails one request, which the callback view
     # answers 503 (the platform delivers again) and Django replaces the connection.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", False)
+# The callback's outbox INSERT as a server-side prepared statement: PostgreSQL parses and
+# plans it once per connection instead of on every callback. Turn off behind a
+# transaction-pooling pgbouncer older than 1.21 (it cannot carry prepared statements).
+# Every other query goes through Django's client-side binding, which never prepares.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    # psycopg prepares nothing, not even on request, while this is None (Django's default).
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5 if DATABASE_PREPARED_STATEMENTS else None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

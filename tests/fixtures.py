@@ -78,6 +78,22 @@ def make_bot(db):
     return make
 
 
+@pytest.fixture
+def committed_wecom_bot(transactional_db):
+    """A WeCom bot with fresh credentials, committed (outside a test transaction), as the
+    callback path sees bots in production: its INSERT and hand-off then run as deployed."""
+    import base64
+    import secrets
+
+    from bots.models import Bot
+
+    return Bot.objects.create(
+        name="committed-wecom", platform="wecom", app_id="wwcommitted", app_secret="s",
+        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        extra={"agent_id": 1000002},
+    )
+
+
 @pytest.fixture(autouse=True)
 def _forget_console_lockouts():
     """Console lockouts (bots/lockout.py) live in Redis, keyed by user name and address:

@@ -31,6 +31,7 @@ def test_the_bench_runs_every_part_and_writes_its_figures(transactional_db, tmp_
         # Every request was answered 200: a signing or routing mistake would show as 401/404.
         assert ingestion[phase]["ok"] > 0 and set(ingestion[phase]["statuses"]) == {"200"}, (phase, ingestion[phase])
         assert ingestion[phase]["ack_ms"]["p99"] is not None
+        assert ingestion[phase]["machine_cpu_ms_per_request"] > 0  # Linux: read from /proc/stat
     assert set(ingestion["ratios"]) == {"wecom", "feishu"} and all(r > 0 for r in ingestion["ratios"].values())
 
     [rate] = [value for key, value in report["end_to_end"].items() if key.startswith("rate_")]

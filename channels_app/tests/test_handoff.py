@@ -51,24 +51,32 @@ def test_the_message_is_the_one_delay_would_send(queue):
     assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": name}
 
 
-def test_after_the_broker_is_lost_the_next_publish_connects_again(monkeypatch):
+@pytest.fixture
+def private_broker(monkeypatch):
+    """A redis-server of the test's own as the broker, to stop and start at will."""
     server = RedisServer().start()
     monkeypatch.setitem(app.conf, "broker_url", server.url)
     handoff._forget_connection()
-    name = app.conf.task_default_queue
     try:
-        handoff.publish(handle_message, (1, None))
-        assert server.client().llen(name) == 1
-        server.stop()
-        with pytest.raises(Exception):  # noqa: B017 (whatever kombu raises: the caller only logs it)
-            handoff.publish(handle_message, (2, None))
-        server.start()  # the same port, empty
-        handoff.publish(handle_message, (3, None))
-        [raw] = server.client().lrange(name, 0, -1)
-        assert decode_task_message(raw)["body"][0] == [3, None]
+        yield server
     finally:
         server.stop()
         handoff._forget_connection()
+
+
+def queued_args(server) -> list:
+    return [decode_task_message(raw)["body"][0] for raw in server.client().lrange(app.conf.task_default_queue, 0, -1)]
+
+
+def test_after_the_broker_is_lost_the_next_publish_connects_again(private_broker):
+    handoff.publish(handle_message, (1, None))
+    assert len(queued_args(private_broker)) == 1
+    private_broker.stop()
+    with pytest.raises(Exception):  # noqa: B017 (whatever kombu raises: the caller only logs it)
+        handoff.publish(handle_message, (2, None))
+    private_broker.start()  # the same port, empty
+    handoff.publish(handle_message, (3, None))
+    assert queued_args(private_broker) == [[3, None]]
 
 
 def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
@@ -116,3 +124,52 @@ def test_a_broker_that_never_answers_the_connection_does_not_hold_the_callback(m
         handoff._forget_connection()
         for sock in [*fillers, listener]:
             sock.close()
+
+
+def test_a_refused_publish_raises_and_the_next_one_is_unaffected(queue):
+    """The queue's key holding a string: Redis refuses the LPUSH. The caller must hear it
+    (it logs the failure and leaves the row to the sweeper), and the next publish works."""
+    client, name = queue
+    first, second = (replay.key(f"handoff-test:{uuid.uuid4()}") for _ in range(2))
+    try:
+        client.set(name, "not a list")
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            handoff.publish(handle_message, (1, None), claim=(first, 60))
+        client.delete(name)
+        assert handoff.publish(handle_message, (2, None), claim=(second, 60)) is True
+        assert handoff.publish(handle_message, (3, None), claim=(second, 60)) is False
+        assert [decode_task_message(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[3, None], [2, None]]
+    finally:
+        client.delete(first, second)
+
+
+def test_a_batch_that_fails_midway_leaves_no_reply_for_the_next_batch(queue):
+    """Redis answers every command of a batch even after one fails; the replies left
+    unread after the failure must not be taken as the next batch's."""
+    client, _ = queue
+    key, counter = (f"handoff-test:{uuid.uuid4()}" for _ in range(2))
+    channel = handoff._open_channel()
+    try:
+        client.set(key, "a string")
+        batch = channel.batch()
+        batch.add("lpush", key, "x")  # WRONGTYPE
+        batch.add("incr", counter)  # answered 1, and never read
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            batch.execute()
+        batch = channel.batch()
+        batch.add("get", key)
+        assert batch.execute() == [b"a string"]
+        assert client.get(counter) == b"1"
+    finally:
+        client.delete(key, counter)
+        handoff._forget_connection()
+
+
+def test_a_broker_restarted_while_idle_takes_the_next_publish(private_broker):
+    """The kept connection was closed by the server; the next publish notices before it
+    sends (a callback after a Redis restart is queued at once, not left to the sweeper)."""
+    handoff.publish(handle_message, (1, None))
+    private_broker.stop()
+    private_broker.start()  # the same port, empty
+    handoff.publish(handle_message, (2, None))
+    assert queued_args(private_broker) == [[2, None]]

@@ -4,9 +4,6 @@ test transaction, as in production: the refusals stay what they were."""
 
 from __future__ import annotations
 
-import base64
-import os
-import secrets
 import time
 
 import pytest
@@ -21,12 +18,8 @@ from tests.fakes.wecom import wecom_callback, wecom_text_xml
 
 
 @pytest.fixture
-def bot(transactional_db) -> Bot:
-    return Bot.objects.create(
-        name="fused", platform="wecom", app_id="wwfused", app_secret="s",
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-        extra={"agent_id": 1000002},
-    )
+def bot(committed_wecom_bot) -> Bot:
+    return committed_wecom_bot
 
 
 @pytest.fixture

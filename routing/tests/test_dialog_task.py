@@ -79,7 +79,10 @@ def _queued_deferrals(bot_row_pk: int) -> list[dict]:
 @pytest.fixture
 def slow_bot(world):
     bot, wecom = world
-    bot.rate_limit_qps = 1  # one send per 1.1 s
+    # One send per 2.2 s: a slot taken just before leaves the next one 2.2 s away, past
+    # DEFER_SLOT_AFTER (1 s) by a margin that a slow machine's model call and failed send
+    # cannot eat up (at one per 1.1 s, 100 ms of either turned a deferral into a wait).
+    bot.rate_limit_qps = 0.5
     bot.save()
     return bot, wecom
 
@@ -92,7 +95,7 @@ def _message(bot, msg_id: str) -> InboundMessage:
 
 def test_a_far_slot_defers_the_task_and_it_sends_in_its_slot(slow_bot):
     bot, wecom = slow_bot
-    assert ratelimit.reserve_slot(bot) == 0  # someone else just sent: the next slot is 1.1 s away
+    assert ratelimit.reserve_slot(bot) == 0  # someone else just sent: the next slot is 2.2 s away
     row = _message(bot, "31")
     assert handle_message.apply(args=[row.pk]).get() == "deferred"
     row.refresh_from_db()
@@ -144,7 +147,7 @@ def test_a_send_that_fails_after_a_deferral_is_retried_as_a_fresh_message(slow_b
     assert handle_message.apply(args=[row.pk]).get() == "deferred"
     [deferral] = _queued_deferrals(row.pk)
     # The send in its slot fails; the retry claims the row as received and, the next
-    # slot being 1.1 s away again, defers once more.
+    # slot being 2.2 s away again, defers once more.
     handle_message.apply(args=[row.pk], kwargs={"slot_at": deferral["slot_at"]})
     [again] = _queued_deferrals(row.pk)
     assert handle_message.apply(args=[row.pk], kwargs={"slot_at": again["slot_at"]}).get() == "replied"
