@@ -122,7 +122,7 @@ class Worker:
         from tests.processes import stop_group
 
         if self.process is not None and self.process.poll() is None:
-            stop_group(self.process, timeout=20)
+            stop_group(self.process, timeout=20, leader_only=True)
 
 
 def loadgen(url: str, platform_name: str, bot, log_dir: Path, *, duration: float, concurrency: int = 16,

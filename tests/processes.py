@@ -78,12 +78,19 @@ def group_members(pgid: int) -> list[Member]:
     return members
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 40) -> bool:
+def stop_group(proc: subprocess.Popen, timeout: float = 40, leader_only: bool = False) -> bool:
     """SIGTERM the process group of proc and wait for all of it to end; SIGKILL whatever is
-    left after timeout. Returns True when TERM was enough."""
+    left after timeout. Returns True when TERM was enough.
+
+    leader_only: TERM only proc and let it stop its children, as systemd's KillMode=mixed
+    does. A Celery worker needs this: a pool child that gets a TERM of its own dies at
+    once, in the middle of its task, instead of finishing it."""
     pgid = proc.pid  # start_new_session: the leader's pid is the group id
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        if leader_only:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout

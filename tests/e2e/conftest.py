@@ -56,7 +56,7 @@ class CeleryWorker:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            stop_group(self.process, timeout=20)
+            stop_group(self.process, timeout=20, leader_only=True)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
