@@ -31,14 +31,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ack-rate", type=float, default=200.0, help="fixed rate for the ack-latency phase")
     p.add_argument("--concurrency", type=int, default=16, help="load generator connections (closed loop)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (deployed default: 2)")
-    p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2,
-                   help="Celery worker processes (deployed default: the core count)")
-    p.add_argument("--phases", default="ingestion,e2e,context", help="which parts to run")
+    p.add_argument("--celery-concurrency", type=int,
+                   help="Celery worker processes (default: as deployed, CELERY_WORKER_CONCURRENCY)")
+    p.add_argument("--slow-model", type=float, default=1.0,
+                   help="seconds the model takes to answer in the slow-model part")
+    p.add_argument("--slow-rate", type=float, default=5.0, help="messages per second in the slow-model part")
+    p.add_argument("--phases", default="ingestion,e2e,slow-model,context", help="which parts to run")
     p.add_argument("--no-migrate", action="store_true", help="the database is migrated already")
     p.add_argument("--out", help="JSON file to write (default var/bench/bench-<time>.json)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.e2e_duration, args.e2e_rates, args.ack_rate = 1.5, 2.0, "20", 50.0
+        args.slow_model = min(args.slow_model, 0.2)
     return args
 
 
@@ -272,37 +276,42 @@ def ingestion(args: argparse.Namespace, run: str, bots: dict, log_dir: Path, gun
     return results
 
 
-def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Gunicorn) -> dict:
+def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Gunicorn, rates: list[float],
+               model_delay: float = 0.0) -> dict:
     """Callbacks at fixed rates through a real worker pool; the reply observed at the fake
-    WeCom; the instant fake model answers."""
+    WeCom; the fake model answers after model_delay seconds (at once by default)."""
     from tests.fakes.model import FakeModel
     from tests.fakes.wecom import FakeWeCom
 
-    results = {}
-    with FakeWeCom() as wecom, FakeModel(answer=lambda request: request["messages"][-1]["content"]) as model:
-        bots = _make_bots(f"{run}-e2e", wecom.url, model.url)
+    results = {"model_delay_s": model_delay}
+    label = f"end to end, model answering after {model_delay:g} s" if model_delay else "end to end"
+    echo = FakeModel(answer=lambda request: request["messages"][-1]["content"], delay=model_delay)
+    with FakeWeCom() as wecom, echo as model:
+        bots = _make_bots(f"{run}-{'slow' if model_delay else 'e2e'}", wecom.url, model.url)
         _drop_queue(run)  # nothing of an earlier part may reach this worker
         worker = Worker(args.celery_concurrency, run, log_dir).start()
         try:
             # The first messages open every connection on the way (each pool process's
             # PostgreSQL and Redis connections, the fake APIs', the access token): not
             # what a running installation pays, so not measured.
-            warm_up = min(2.0, args.e2e_duration)
-            _say(f"end to end: warm-up, {warm_up:g} s at 20 msg/s, not measured")
+            warm_up, warm_up_rate = min(2.0, args.e2e_duration), min(20.0, *rates)
+            _say(f"{label}: warm-up, {warm_up:g} s at {warm_up_rate:g} msg/s, not measured")
             loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
-                    duration=warm_up, rate=20.0)
+                    duration=warm_up, rate=warm_up_rate)
             results["warm_up"] = _wait_for_drain([bots["wecom"]], timeout=60, what="the warm-up")
-            for rate in [float(r) for r in args.e2e_rates.split(",") if r.strip()]:
+            for rate in rates:
                 # The previous rate's messages are all answered (or given up on) before the
                 # next rate starts, so each rate measures only itself.
                 drained = _wait_for_drain([bots["wecom"]], timeout=120, what="the previous rate")
                 wecom.reset()
-                _say(f"end to end: {rate:g} msg/s")
+                _say(f"{label}: {rate:g} msg/s")
                 sent = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
                                duration=args.e2e_duration, rate=rate, records=True)
                 accepted = {r["message_id"]: r["sent_at"] for r in sent.pop("records") if r["status"] == 200}
-                results[f"rate_{rate:g}"] = {**_collect_replies(wecom, accepted, sent, rate),
-                                             "backlog_before": drained}
+                results[f"rate_{rate:g}"] = {**_collect_replies(wecom, accepted, sent, rate, wait=30.0 + model_delay),
+                                             "backlog_before": drained,
+                                             "most_model_calls_at_once": model.most_in_flight}
+                model.reset()
         finally:
             worker.stop()
     return results
@@ -421,16 +430,20 @@ def table(report: dict) -> str:
                          f"{_fmt(r.get('machine_cpu_ms_per_request')):>8}  {r['statuses']}")
         lines.append("CPU ms: busy CPU time of the whole machine (server, PostgreSQL, Redis, load generator) "
                      "per answered request")
-    e2e = report.get("end_to_end")
-    if e2e:
-        lines += ["", "End to end (callback sent -> reply received at the fake WeCom; instant model)",
+    for part, model in (("end_to_end", "instant model"), ("end_to_end_slow_model", "model answering after {} s")):
+        e2e = report.get(part)
+        if not e2e:
+            continue
+        lines += ["", f"End to end (callback sent -> reply received at the fake WeCom; "
+                      f"{model.format(_fmt(e2e.get('model_delay_s')))})",
                   f"{'rate/s':<8}{'accepted':>9}{'delivered':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-                  f"{'ack p99':>9}"]
+                  f"{'ack p99':>9}{'model calls at once':>21}"]
         for key, r in e2e.items():
             if key.startswith("rate_"):
                 lines.append(f"{_fmt(r['rate']):<8}{r['accepted']:>9}{r['delivered']:>10}"
                              f"{_fmt(r['end_to_end_ms']['p50']):>9}{_fmt(r['end_to_end_ms']['p95']):>9}"
-                             f"{_fmt(r['end_to_end_ms']['p99']):>9}{_fmt(r['ack_ms']['p99']):>9}")
+                             f"{_fmt(r['end_to_end_ms']['p99']):>9}{_fmt(r['ack_ms']['p99']):>9}"
+                             f"{_fmt(r.get('most_model_calls_at_once')):>21}")
     ctx = report.get("context")
     if ctx:
         lines += ["", "Context (load + save of one turn)",
@@ -452,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     from bots.models import Bot
     from routing.models import ModelBackend
 
+    args.celery_concurrency = args.celery_concurrency or settings.CELERY_WORKER_CONCURRENCY
     if not args.no_migrate:
         call_command("migrate", verbosity=0)
     phases = {p.strip() for p in args.phases.split(",")}
@@ -472,12 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     gunicorn_server = Gunicorn(args.workers, log_dir)
     try:
-        if phases & {"ingestion", "e2e"}:
+        if phases & {"ingestion", "e2e", "slow-model"}:
             gunicorn_server.start()
         if "ingestion" in phases:
             report["ingestion"] = ingestion(args, run, _make_bots(run), log_dir, gunicorn_server)
         if "e2e" in phases:
-            report["end_to_end"] = end_to_end(args, run, log_dir, gunicorn_server)
+            report["end_to_end"] = end_to_end(args, run, log_dir, gunicorn_server,
+                                              [float(r) for r in args.e2e_rates.split(",") if r.strip()])
+        if "slow-model" in phases:
+            report["end_to_end_slow_model"] = end_to_end(args, run, log_dir, gunicorn_server, [args.slow_rate],
+                                                         model_delay=args.slow_model)
         if "context" in phases:
             report["context"] = context(args, run)
     finally:

@@ -6,6 +6,7 @@ See docs/configuration.md (and deploy/.env.example) for every variable.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 from pathlib import Path
 
@@ -182,6 +183,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A task holds its worker process for the whole model call (seconds, not milliseconds),
+# so the pool is sized for waiting, not for the cores: Celery's default (one process per
+# core) answered two conversations at a time on a two-core machine.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", min(max(8, 2 * (os.cpu_count() or 1)), 32),
+                                    minimum=1)
 # Celery's Django fix-up closes the database connection around every task, so each
 # message paid for a new PostgreSQL connection. Django's own rules decide instead
 # (config/celery.py): kept for CONN_MAX_AGE, dropped after an error.

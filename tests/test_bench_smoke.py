@@ -39,6 +39,14 @@ def test_the_bench_runs_every_part_and_writes_its_figures(transactional_db, tmp_
     assert rate["delivered"] == rate["accepted"] == rate["reply_requests"]  # all, and each once
     assert rate["end_to_end_ms"]["p99"] is not None
 
+    slow = report["end_to_end_slow_model"]
+    [rate] = [value for key, value in slow.items() if key.startswith("rate_")]
+    assert rate["delivered"] == rate["accepted"] == rate["reply_requests"] > 0
+    assert rate["most_model_calls_at_once"] >= 1
+    # Every reply waited for the slow model: it was the one this part asked.
+    assert rate["end_to_end_ms"]["p50"] >= slow["model_delay_s"] * 1000 > 0
+
     assert [c["turns"] for c in report["context"].values()] == [1, 10, 50]
     assert all(c["round_trips_per_turn"] == 2 for c in report["context"].values())
-    assert "Ingestion" in result.stdout and "End to end" in result.stdout and "Context" in result.stdout
+    for section in ("Ingestion", "End to end", "model answering after", "Context"):
+        assert section in result.stdout, section

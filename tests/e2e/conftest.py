@@ -25,7 +25,8 @@ def database_url_for_subprocess() -> str:
 class CeleryWorker:
     """`celery -A config worker` in its own process group, on this run's queue."""
 
-    def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, concurrency: int | None = 2, extra_env: dict[str, str] | None = None) -> None:
+        """concurrency None: no -c, the pool size the settings give (as deployed)."""
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
         self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
@@ -39,7 +40,8 @@ class CeleryWorker:
         )
         queue = os.environ["CELERY_TASK_DEFAULT_QUEUE"]
         self.process = start_group(
-            ["celery", "-A", "config", "worker", "-Q", queue, "-c", str(self.concurrency),
+            ["celery", "-A", "config", "worker", "-Q", queue,
+             *(["-c", str(self.concurrency)] if self.concurrency is not None else []),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
             env, self.log,
         )

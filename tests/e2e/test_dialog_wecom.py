@@ -222,3 +222,24 @@ def test_a_slow_paced_bot_with_a_backlog_does_not_hold_up_another_bot(client, bo
     assert len(noisy_times) == 4
     assert all(b - a >= 1.0 for a, b in zip(noisy_times, noisy_times[1:], strict=False))  # still paced
     assert InboundMessage.objects.filter(bot=noisy, status=MessageStatus.REPLIED, attempts=1).count() == 4
+
+
+def test_the_deployed_worker_pool_waits_on_many_model_calls_at_once(client, bot, wecom, model, transactional_db):
+    """A task holds its worker process for the whole model call, so the pool as deployed
+    (no -c: CELERY_WORKER_CONCURRENCY's default, at least 8) is sized for waiting on
+    models, not for the cores: eight users asking a slow model at once are all being
+    answered at once, not two at a time."""
+    model.delay = 2.0
+    with CeleryWorker(concurrency=None):
+        for n in range(8):
+            deliver(client, bot, f"slow question {n}", 9500 + n, user=f"asker{n}")
+        sends = wecom.wait_for(r"/message/send", 8, timeout=60)
+    assert model.most_in_flight == 8, f"at most {model.most_in_flight} model calls were waited on at once"
+    assert sorted(r.json()["text"]["content"] for r in sends) == sorted(
+        f"[m1] slow question {n} (history=0)" for n in range(8))
+
+
+def test_the_worker_pool_size_comes_from_the_environment(transactional_db):
+    with CeleryWorker(concurrency=None, extra_env={"CELERY_WORKER_CONCURRENCY": "3"}) as worker:
+        banner = worker.output()
+    assert "concurrency: 3 (prefork)" in banner

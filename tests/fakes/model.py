@@ -76,6 +76,9 @@ class FakeModel(FakeServer):
         self.models = list(models)
         self._scripted: deque[Response] = deque()
         self._scripted_lock = threading.Lock()
+        #: completions being answered right now, and the most there ever were at once
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     def plan_responses(self, *responses: Response) -> None:
         """The next chat completions get these responses, in order. Unlike plan()'s Fault,
@@ -87,6 +90,7 @@ class FakeModel(FakeServer):
         super().reset()
         with self._scripted_lock:
             self._scripted.clear()
+            self.most_in_flight = self.in_flight
 
     # -- routes ------------------------------------------------------------------------
 
@@ -105,9 +109,16 @@ class FakeModel(FakeServer):
         refused = self._validate(request)
         if refused is not None:
             return refused
-        if self.delay:
-            time.sleep(self.delay)
-        text = self.answer(request)
+        with self._scripted_lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            text = self.answer(request)
+        finally:
+            with self._scripted_lock:
+                self.in_flight -= 1
         prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in request["messages"])
         completion_tokens = _tokens(text)
         return Response(
