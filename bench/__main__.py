@@ -332,6 +332,7 @@ def _collect_replies(wecom, accepted: dict[str, float], sent: dict, rate: float,
         time.sleep(0.2)
     sends = [r for r in wecom.received(r"/message/send")]
     latencies = sorted((replies[m] - accepted[m]) * 1000 for m in replies)
+    cpu_ms = sent.get("machine_cpu_ms_per_request")
     return {
         "rate": rate,
         "sent": sent["requests"],
@@ -340,6 +341,10 @@ def _collect_replies(wecom, accepted: dict[str, float], sent: dict, rate: float,
         "reply_requests": len(sends),
         "ack_ms": sent["ack_ms"],
         "end_to_end_ms": summarize(latencies),
+        # How busy the whole machine was while the callbacks went out: near 100 %, the
+        # latencies measure a queue for the cores, not Switchboard's path.
+        "machine_busy_percent": round(cpu_ms * sent["ok"] / (sent["seconds"] * (os.cpu_count() or 1) * 10), 1)
+        if cpu_ms and sent["seconds"] else None,
     }
 
 
@@ -437,13 +442,14 @@ def table(report: dict) -> str:
         lines += ["", f"End to end (callback sent -> reply received at the fake WeCom; "
                       f"{model.format(_fmt(e2e.get('model_delay_s')))})",
                   f"{'rate/s':<8}{'accepted':>9}{'delivered':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-                  f"{'ack p99':>9}{'model calls at once':>21}"]
+                  f"{'ack p99':>9}{'busy %':>8}{'model calls at once':>21}"]
         for key, r in e2e.items():
             if key.startswith("rate_"):
                 lines.append(f"{_fmt(r['rate']):<8}{r['accepted']:>9}{r['delivered']:>10}"
                              f"{_fmt(r['end_to_end_ms']['p50']):>9}{_fmt(r['end_to_end_ms']['p95']):>9}"
                              f"{_fmt(r['end_to_end_ms']['p99']):>9}{_fmt(r['ack_ms']['p99']):>9}"
-                             f"{_fmt(r.get('most_model_calls_at_once')):>21}")
+                             f"{_fmt(r.get('machine_busy_percent')):>8}{_fmt(r.get('most_model_calls_at_once')):>21}")
+        lines.append("busy %: the whole machine's CPU, busy while the callbacks were sent")
     ctx = report.get("context")
     if ctx:
         lines += ["", "Context (load + save of one turn)",

@@ -38,6 +38,7 @@ def test_the_bench_runs_every_part_and_writes_its_figures(transactional_db, tmp_
     assert rate["accepted"] == rate["sent"] > 0
     assert rate["delivered"] == rate["accepted"] == rate["reply_requests"]  # all, and each once
     assert rate["end_to_end_ms"]["p99"] is not None
+    assert 0 < rate["machine_busy_percent"] <= 100
 
     slow = report["end_to_end_slow_model"]
     [rate] = [value for key, value in slow.items() if key.startswith("rate_")]
