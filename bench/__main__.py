@@ -304,6 +304,7 @@ def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Guni
                 # next rate starts, so each rate measures only itself.
                 drained = _wait_for_drain([bots["wecom"]], timeout=120, what="the previous rate")
                 wecom.reset()
+                model.reset()
                 _say(f"{label}: {rate:g} msg/s")
                 sent = loadgen(gunicorn.url + bots["wecom"].callback_path, "wecom", bots["wecom"], log_dir,
                                duration=args.e2e_duration, rate=rate, records=True)
@@ -311,7 +312,6 @@ def end_to_end(args: argparse.Namespace, run: str, log_dir: Path, gunicorn: Guni
                 results[f"rate_{rate:g}"] = {**_collect_replies(wecom, accepted, sent, rate, wait=30.0 + model_delay),
                                              "backlog_before": drained,
                                              "most_model_calls_at_once": model.most_in_flight}
-                model.reset()
         finally:
             worker.stop()
     return results
