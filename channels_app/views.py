@@ -132,11 +132,14 @@ def _insert(message: ParsedMessage, bot: Bot) -> int | None:
     and planned again: each of those cost more CPU than inserting the row
     (docs/performance.md)."""
     sql, constants = _insert_statement()
-    # In _PER_MESSAGE's order, then the constant columns'.
-    params = (bot.pk, message.platform_message_id[:200], message.chat_id[:200], message.chat_type,
-              message.sender_id[:200], message.text, message.mentioned,
-              _RAW.get_db_prep_save({"reply_context": message.reply_context, "event": message.raw}, connection),
-              _RECEIVED_AT.get_db_prep_save(timezone.now(), connection), *constants)
+    values = {
+        "bot": bot.pk, "platform_message_id": message.platform_message_id[:200], "chat_id": message.chat_id[:200],
+        "chat_type": message.chat_type, "sender_id": message.sender_id[:200], "text": message.text,
+        "mentioned": message.mentioned,
+        "raw": _RAW.get_db_prep_save({"reply_context": message.reply_context, "event": message.raw}, connection),
+        "received_at": _RECEIVED_AT.get_db_prep_save(timezone.now(), connection),
+    }
+    params = (*(values[name] for name in _PER_MESSAGE), *constants)  # the statement's column order
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
