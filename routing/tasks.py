@@ -103,6 +103,26 @@ def _claim(message_id: int, acked_ms: float | None, slot: datetime | None = None
     return rows[0] if rows else None
 
 
+@cache
+def _update_sql(fields: tuple[str, ...]) -> tuple[str, tuple]:
+    quote = connection.ops.quote_name
+    meta = InboundMessage._meta
+    model_fields = tuple(meta.get_field(name) for name in fields)
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in model_fields)
+    # Only the model's own table and column names go into the text; values are parameters.
+    return (f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s",  # noqa: S608
+            model_fields)
+
+
+def _save(row: InboundMessage, *fields: str) -> None:
+    """row.save(update_fields=fields) with the statement built once per set of fields:
+    the ORM compiled it anew for every message, a quarter of the task's own CPU."""
+    sql, model_fields = _update_sql(fields)
+    params = [field.get_db_prep_save(getattr(row, field.attname), connection) for field in model_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, row.pk])
+
+
 def _wait_for_slot(bot, held_slot: datetime | None) -> float | None:
     """Sleep until the next reply part may go out; the seconds to defer instead (the
     slot, reserved, is then that far away), or None once it may go out now.
@@ -139,11 +159,11 @@ def _finish(row: InboundMessage, status: str, error: str = "", also: tuple[str, 
     """Record the final status, with any other fields the caller changed on the row."""
     row.status = status
     row.error = error[:2000]
-    fields = ["status", "error", *also]
+    fields = ("status", "error", *also)
     if status == MessageStatus.REPLIED:
         row.replied_at = timezone.now()
-        fields.append("replied_at")
-    row.save(update_fields=fields)
+        fields += ("replied_at",)
+    _save(row, *fields)
     MESSAGES_DONE.labels(row.bot.platform, row.bot.name, status).inc()
     if status == MessageStatus.REPLIED:
         END_TO_END.labels(row.bot.platform).observe((row.replied_at - row.received_at).total_seconds())
@@ -191,7 +211,7 @@ def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at
         row.backend = result.backend
         row.model_ms = result.model_ms
         row.route = result.selection.explanation[:300]
-        row.save(update_fields=["reply_text", "backend", "model_ms", "route"])
+        _save(row, "reply_text", "backend", "model_ms", "route")
 
     adapter = adapter_class(bot)
     parts = [p for p in split_reply(row.reply_text, adapter.max_reply_length, adapter.length_unit) if p.strip()]
@@ -219,7 +239,7 @@ def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at
             )
             row.parts_sent = index + 1
             if row.parts_sent < len(parts):  # the last one is saved with the final status
-                row.save(update_fields=["parts_sent"])
+                _save(row, "parts_sent")
     except (TransportError, RedisError) as exc:
         permanent = isinstance(exc, TransportError) and exc.permanent
         if permanent or self.request.retries >= self.max_retries:
