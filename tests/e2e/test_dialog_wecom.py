@@ -72,6 +72,7 @@ def test_a_message_is_answered_once_and_the_second_turn_sees_the_first(client, b
 
     row = wait_for_status("1001", MessageStatus.REPLIED)
     assert row.backend.name == "main" and row.reply_text == "[m1] hello (history=0)"
+    assert row.route == "the bot's default backend" and row.error == ""
     assert row.attempts == 1 and row.parts_sent == 1
     # The callback's answer time, recorded on the row: the target is well under 50 ms.
     assert row.acked_ms is not None and row.acked_ms < 50
@@ -96,7 +97,8 @@ def test_a_keyword_rule_sends_the_message_to_its_backend(client, bot, wecom, mod
     deliver(client, bot, "good morning", 3002, user="lisi")
     sent = {r.json()["text"]["content"] for r in wecom.wait_for(r"/message/send", 2)}
     assert sent == {"[m2] where is my invoice (history=0)", "[m1] good morning (history=0)"}
-    assert wait_for_status("3001", MessageStatus.REPLIED).backend == billing
+    routed = wait_for_status("3001", MessageStatus.REPLIED)
+    assert routed.backend == billing and routed.route.startswith("rule ")
 
 
 def test_a_model_that_fails_twice_then_succeeds_still_answers(client, bot, wecom, model, celery_worker):
