@@ -182,6 +182,30 @@ def _migrations(options: Options) -> str:
     return "all applied"
 
 
+@check("capacity")
+def _capacity(options: Options) -> str:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        raise Skipped(f"{connection.vendor}: no connection limit to check")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int, "
+                       "current_setting('superuser_reserved_connections')::int, count(*) FROM pg_stat_activity "
+                       "WHERE backend_type = 'client backend'")
+        limit, reserved, used = cursor.fetchone()
+    usable, pool = limit - reserved, settings.CELERY_WORKER_CONCURRENCY
+    # Every worker process and gunicorn worker keeps a connection of its own; a restart
+    # or a new worker machine needs a whole pool's worth free, or its tasks fail to claim.
+    if usable - used < pool:
+        raise Failed(
+            f"{used} of PostgreSQL's {usable} connections are in use: another worker pool here "
+            f"({pool} processes, CELERY_WORKER_CONCURRENCY) would not get its connections",
+            "raise max_connections in postgresql.conf and restart PostgreSQL, or lower "
+            "CELERY_WORKER_CONCURRENCY / SWITCHBOARD_WEB_WORKERS (docs/performance.md, How it scales out)",
+        )
+    return f"{used} of PostgreSQL's {usable} connections in use, room for another worker pool of {pool}"
+
+
 @check("static")
 def _static(options: Options) -> str:
     from django.contrib.staticfiles.storage import staticfiles_storage
@@ -456,6 +480,7 @@ _DATABASE_FIX = "check that the database server runs and DATABASE_URL is right (
 _FIXES = {
     "database": _DATABASE_FIX,
     "migrations": _DATABASE_FIX,
+    "capacity": _DATABASE_FIX,
     "secrets": "check SECRET_KEY(_FILE) and SWITCHBOARD_SECRET_KEYS(_FILE) (docs/configuration.md)",
     "redis": "start Redis (systemctl start redis-server) or fix REDIS_URL",
     "broker": "start Redis (systemctl start redis-server) or fix CELERY_BROKER_URL / REDIS_URL",

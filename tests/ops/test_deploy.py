@@ -385,7 +385,7 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
         assert re.search(r"^FAIL +worker +no Celery worker answered a ping within 3 s", red.stdout, re.MULTILINE)
         assert (f"fix: sudo switchboard-supervisor restart; see why it stopped in {deployed.log_dir}/worker.log"
                 in red.stdout)
-        assert red.stdout.rstrip().endswith("1 of 15 checks failed.")
+        assert red.stdout.rstrip().endswith("1 of 16 checks failed.")
         with deployed.https() as client:
             assert client.get("/readyz").status_code == 200  # the web side is ready as ever
         time.sleep(3)

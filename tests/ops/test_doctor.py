@@ -111,7 +111,7 @@ def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, se
             assert f"consume queue '{settings.CELERY_TASK_DEFAULT_QUEUE}'" in line(output, "worker")
             assert f"gunicorn answers /healthz on 127.0.0.1:{web.port}" in line(output, "port")
             report = json.loads(doctor("--json")[1])
-            assert report["ok"] is True and len(report["checks"]) == 15
+            assert report["ok"] is True and len(report["checks"]) == 16
         finally:
             worker.stop()
 
@@ -123,7 +123,7 @@ def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, se
             "                  fix: start a worker: .venv/bin/celery -A config worker "
             "(bash scripts/start.sh starts one)"
         )
-        assert output.rstrip().endswith("1 of 15 checks failed.")
+        assert output.rstrip().endswith("1 of 16 checks failed.")
         # /readyz answers for the web process (a load balancer must not drop every web
         # server because the workers are down); the worker is doctor's and the alert's.
         assert client.get("/readyz").status_code == 200
@@ -173,6 +173,26 @@ def test_a_port_taken_by_another_program(settings):
     assert result.startswith(f"FAIL  port        port {port} is taken by another program")
     assert "it answered /healthz with 404" in result
     assert "fix: stop that program, or move Switchboard to a free port: deploy.sh --port=N" in result
+
+
+@pytest.mark.django_db
+def test_the_database_must_have_room_for_another_worker_pool(settings):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        assert line(doctor("--skip", SERVICES)[1], "capacity").startswith("SKIP  capacity    sqlite: no connection")
+        pytest.skip("the connection limit is PostgreSQL's")
+    settings.CELERY_WORKER_CONCURRENCY = 8
+    result = line(doctor("--skip", SERVICES)[1], "capacity")
+    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another worker "
+                        r"pool of 8", result), result
+    settings.CELERY_WORKER_CONCURRENCY = 100_000  # more than any max_connections leaves free
+    code, output = doctor("--skip", SERVICES)
+    assert code == 1
+    result = line(output, "capacity")
+    assert result.startswith("FAIL  capacity    ") and (
+        "another worker pool here (100000 processes, CELERY_WORKER_CONCURRENCY) would not get its connections"
+        in result) and "fix: raise max_connections in postgresql.conf" in result, result
 
 
 @pytest.mark.django_db
