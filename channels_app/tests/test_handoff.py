@@ -64,23 +64,24 @@ def private_broker(monkeypatch):
         handoff._forget_connection()
 
 
-def queued_args(server) -> list:
-    return [decode_task_message(raw)["body"][0] for raw in server.client().lrange(app.conf.task_default_queue, 0, -1)]
+def queued_args(client) -> list:
+    """The arguments of the tasks in our queue, newest first."""
+    return [decode_task_message(raw)["body"][0] for raw in client.lrange(app.conf.task_default_queue, 0, -1)]
 
 
 def test_after_the_broker_is_lost_the_next_publish_connects_again(private_broker):
     handoff.publish(handle_message, (1, None))
-    assert len(queued_args(private_broker)) == 1
+    assert len(queued_args(private_broker.client())) == 1
     private_broker.stop()
     with pytest.raises(Exception):  # noqa: B017 (whatever kombu raises: the caller only logs it)
         handoff.publish(handle_message, (2, None))
     private_broker.start()  # the same port, empty
     handoff.publish(handle_message, (3, None))
-    assert queued_args(private_broker) == [[3, None]]
+    assert queued_args(private_broker.client()) == [[3, None]]
 
 
 def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
-    client, name = queue
+    client, _ = queue
     key = replay.key(f"handoff-test:{uuid.uuid4()}")
     try:
         assert handoff.can_claim_nonces()  # the default: broker and cache on the same Redis
@@ -88,7 +89,7 @@ def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
         assert handoff.publish(handle_message, (2, None), claim=(key, 60)) is False
         assert 0 < client.ttl(key) <= 60
         # Queued either way: the caller undoes the row of a replay, the task finds nothing.
-        assert [decode_task_message(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[2, None], [1, None]]
+        assert queued_args(client) == [[2, None], [1, None]]
     finally:
         client.delete(key)
 
@@ -138,7 +139,7 @@ def test_a_refused_publish_raises_and_the_next_one_is_unaffected(queue):
         client.delete(name)
         assert handoff.publish(handle_message, (2, None), claim=(second, 60)) is True
         assert handoff.publish(handle_message, (3, None), claim=(second, 60)) is False
-        assert [decode_task_message(raw)["body"][0] for raw in client.lrange(name, 0, -1)] == [[3, None], [2, None]]
+        assert queued_args(client) == [[3, None], [2, None]]
     finally:
         client.delete(first, second)
 
@@ -172,4 +173,4 @@ def test_a_broker_restarted_while_idle_takes_the_next_publish(private_broker):
     private_broker.stop()
     private_broker.start()  # the same port, empty
     handoff.publish(handle_message, (2, None))
-    assert queued_args(private_broker) == [[2, None]]
+    assert queued_args(private_broker.client()) == [[2, None]]

@@ -75,7 +75,7 @@ class FakeModel(FakeServer):
         self.delay = delay
         self.models = list(models)
         self._scripted: deque[Response] = deque()
-        self._scripted_lock = threading.Lock()
+        self._lock = threading.Lock()  # for the scripted responses and the in-flight count
         #: completions being answered right now, and the most there ever were at once
         self.in_flight = 0
         self.most_in_flight = 0
@@ -83,12 +83,12 @@ class FakeModel(FakeServer):
     def plan_responses(self, *responses: Response) -> None:
         """The next chat completions get these responses, in order. Unlike plan()'s Fault,
         a Response carries headers (a 429 with Retry-After)."""
-        with self._scripted_lock:
+        with self._lock:
             self._scripted.extend(responses)
 
     def reset(self) -> None:
         super().reset()
-        with self._scripted_lock:
+        with self._lock:
             self._scripted.clear()
             self.most_in_flight = self.in_flight
 
@@ -98,7 +98,7 @@ class FakeModel(FakeServer):
         refused = self._check_key(record)
         if refused is not None:
             return refused
-        with self._scripted_lock:
+        with self._lock:
             scripted = self._scripted.popleft() if self._scripted else None
         if scripted is not None:
             return scripted
@@ -109,7 +109,7 @@ class FakeModel(FakeServer):
         refused = self._validate(request)
         if refused is not None:
             return refused
-        with self._scripted_lock:
+        with self._lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -117,7 +117,7 @@ class FakeModel(FakeServer):
                 time.sleep(self.delay)
             text = self.answer(request)
         finally:
-            with self._scripted_lock:
+            with self._lock:
                 self.in_flight -= 1
         prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in request["messages"])
         completion_tokens = _tokens(text)
