@@ -17,6 +17,7 @@ from audit.models import AuthEventKind
 from bots import console_tools
 from bots.fields import EncryptedTextField
 from bots.models import AdminAccessRule, ApiKey, Bot
+from bots.platforms import Platform, required_credentials
 from bots.secret_forms import SecretFieldsAdminMixin
 from bots.stepup import StepUpAdminMixin, fresh_seconds_left, is_fresh, redirect_to_step_up
 from routing.models import ChatType
@@ -36,14 +37,32 @@ class TestMessageForm(forms.Form):
     sender_id = forms.CharField(label="Sender id", max_length=200, required=False)
 
 
+class BotAdminForm(forms.ModelForm):
+    def clean(self):
+        cleaned = super().clean()
+        platform = cleaned.get("platform")
+        if platform:
+            self._require_credentials(platform, cleaned)
+        return cleaned
+
+    def _require_credentials(self, platform: str, cleaned: dict) -> None:
+        """A bot without these could not take a callback or send a reply: refuse to save
+        it rather than report it "added successfully"."""
+        label = Platform(platform).label
+        for name in required_credentials(platform, cleaned.get("extra")):
+            if name in self.fields and name not in self.errors and not str(cleaned.get(name) or ""):
+                self.add_error(name, f"{label} needs this.")
+
+
 @admin.register(Bot)
 class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
+    form = BotAdminForm
     list_display = ["name", "platform", "enabled", "default_backend", "callback_url"]
     list_filter = ["platform", "enabled"]
     search_fields = ["name", "app_id"]
-    readonly_fields = ["uuid", "callback_url", "created_at", "updated_at"]
+    readonly_fields = ["bot_uuid", "callback_url", "created_at", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "platform", "enabled", "uuid", "callback_url"]}),
+        (None, {"fields": ["name", "platform", "enabled", "bot_uuid", "callback_url"]}),
         (
             "Platform credentials",
             {"fields": ["app_id", "app_secret", "token", "encoding_aes_key", "api_base_url", "extra"]},
@@ -66,6 +85,12 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     step_up_delete = True
     step_up_secret_changes = True
     step_up_actions = ("delete_selected",)
+
+    # An unsaved bot's uuid is a default drawn for the page; the POST builds a new
+    # instance that draws another, so showing it would give a callback URL that never works.
+    @admin.display(description="UUID")
+    def bot_uuid(self, obj: Bot) -> str:
+        return str(obj.uuid) if obj.pk else "assigned when saved"
 
     @admin.display(description="callback URL")
     def callback_url(self, obj: Bot) -> str:

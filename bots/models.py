@@ -12,8 +12,8 @@ from django.db import models
 from django.utils import timezone
 
 from bots.fields import EncryptedTextField
-from bots.platforms import Platform, validate_extra
-from bots.validators import validate_cidr, validate_cidr_list
+from bots.platforms import WXBIZMSGCRYPT_PLATFORMS, Platform, validate_extra
+from bots.validators import validate_cidr, validate_cidr_list, validate_encoding_aes_key
 
 
 class Bot(models.Model):
@@ -67,7 +67,21 @@ class Bot(models.Model):
         return self.name
 
     def clean(self) -> None:
-        validate_extra(self.platform, self.extra)
+        problems: dict[str, list[str]] = {}
+        try:
+            validate_extra(self.platform, self.extra)
+        except ValidationError as exc:
+            problems.update(exc.message_dict)
+        key = str(self.encoding_aes_key or "")
+        # Blank is allowed here: an imported bot gets its secrets later (the console
+        # form requires the ones its platform needs).
+        if key and self.platform in WXBIZMSGCRYPT_PLATFORMS:
+            try:
+                validate_encoding_aes_key(key)
+            except ValidationError as exc:
+                problems["encoding_aes_key"] = exc.messages
+        if problems:
+            raise ValidationError(problems)
 
     @property
     def callback_path(self) -> str:

@@ -16,14 +16,15 @@ from bots.stepup import FRESH_SECONDS
 from routing.models import ModelBackend
 from tests.console.conftest import STEP_UP, code_age, make_stale, sent_to_step_up, wait_out_throttle
 from tests.fixtures import fresh_code
-from tests.test_audit_trail import bot_form
+from tests.test_audit_trail import BOT_AES_KEY, bot_form
 
 SECRET = "app-secret-0123456789"
 
 
 @pytest.fixture
 def bot(make_bot) -> Bot:
-    return make_bot(name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456")
+    return make_bot(name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456",
+                    encoding_aes_key=BOT_AES_KEY)
 
 
 def reveal_url(bot: Bot) -> str:
@@ -39,7 +40,8 @@ def step_up(client, device, next_url: str):
 
 
 def change_form(bot: Bot, **changes) -> dict:
-    return bot_form(bot.name, **{"app_id": bot.app_id, "app_secret": "", "token": "", "allowed_ips": "[]", **changes})
+    return bot_form(bot.name, **{"app_id": bot.app_id, "app_secret": "", "token": "", "encoding_aes_key": "",
+                                    "allowed_ips": "[]", **changes})
 
 
 # -- revealing a secret ------------------------------------------------------------------
