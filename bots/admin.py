@@ -16,7 +16,7 @@ from audit.events import record_auth_event
 from audit.models import AuthEventKind
 from bots import console_tools
 from bots.fields import EncryptedTextField
-from bots.models import AdminAccessRule, ApiKey, Bot
+from bots.models import AdminAccessRule, ApiKey, ApiKeyScope, Bot
 from bots.platforms import Platform, required_credentials
 from bots.secret_forms import SecretFieldsAdminMixin
 from bots.stepup import StepUpAdminMixin, fresh_seconds_left, is_fresh, redirect_to_step_up
@@ -200,8 +200,18 @@ class ExpiryFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ApiKeyAdminForm(forms.ModelForm):
+    # Checkboxes rather than the JSON text box: the list of scopes is fixed. Not required
+    # here: ApiKey.clean() refuses an empty list, and says why, for every way in.
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKeyScope.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        help_text="What the key may call: at least one. Give a client only the scopes it needs.",
+    )
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
+    form = ApiKeyAdminForm
     list_display = ["name", "prefix", "scopes", "status", "expires_at", "last_used_at", "last_used_ip"]
     list_filter = [ExpiryFilter, "revoked"]
     search_fields = ["name", "prefix"]
@@ -221,6 +231,8 @@ class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
             return "revoked"
         if obj.expires_at <= now:
             return "expired"
+        if not obj.scopes:
+            return "no scopes: refused on every call"
         if obj.replaced_by_id:
             return f"rotated: works until {timezone.localtime(obj.expires_at):%Y-%m-%d %H:%M}"
         if obj.expires_at <= now + EXPIRY_WARNING:

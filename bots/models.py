@@ -180,6 +180,12 @@ class ApiKey(models.Model):
         self.save(update_fields=["revoked"])
 
     def clean(self) -> None:
+        if not isinstance(self.scopes, list) or not self.scopes:
+            # Every endpoint needs a scope: a key without one would be "active" yet refused
+            # on every call. No default scope either: what a key may do is chosen, not assumed.
+            raise ValidationError(
+                {"scopes": "Choose at least one scope: a key without one is refused on every call."}
+            )
         unknown = [s for s in self.scopes if s not in ApiKeyScope.values]
         if unknown:
             raise ValidationError({"scopes": f"unknown scopes: {', '.join(map(str, unknown))}."})

@@ -89,7 +89,7 @@ CASES = {
         "bots/apikey",
         {
             "name": "crm",
-            "scopes": '["chat"]',
+            "scopes": ["chat"],
             "allowed_cidrs": "[]",
             "expires_at_0": "2030-01-01",
             "expires_at_1": "00:00:00",

@@ -220,14 +220,14 @@ def test_deleting_a_bot_needs_a_fresh_code(stale_console, totp_device, bot):
 def test_creating_or_rotating_an_api_key_needs_a_fresh_code(stale_console):
     add = "/admin/bots/apikey/add/"
     assert sent_to_step_up(stale_console.get(add), add)
-    form = {"name": "crm", "scopes": '["chat"]', "allowed_cidrs": "[]",
+    form = {"name": "crm", "scopes": ["chat"], "allowed_cidrs": "[]",
             "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00"}
     assert sent_to_step_up(stale_console.post(add, form), add)
     assert not ApiKey.objects.exists()
 
     key, _ = ApiKey.issue(name="crm", scopes=["chat"])
     change = f"/admin/bots/apikey/{key.pk}/change/"
-    assert sent_to_step_up(stale_console.post(change, {**form, "scopes": '["chat", "audit:read"]'}), change)
+    assert sent_to_step_up(stale_console.post(change, {**form, "scopes": ["chat", "audit:read"]}), change)
     response = stale_console.post("/admin/bots/apikey/", {"action": "rotate_keys", "_selected_action": [key.pk]})
     assert sent_to_step_up(response, "/admin/bots/apikey/")
     key.refresh_from_db()
