@@ -4,20 +4,23 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
 
 from audit.events import record_auth_event
 from audit.models import AuthEventKind
 from bots import console_tools
 from bots.fields import EncryptedTextField
 from bots.models import AdminAccessRule, ApiKey, ApiKeyScope, Bot
-from bots.platforms import Platform, required_credentials
+from bots.platforms import Platform
 from bots.secret_forms import SecretFieldsAdminMixin
 from bots.stepup import StepUpAdminMixin, fresh_seconds_left, is_fresh, redirect_to_step_up
 from routing.models import ChatType
@@ -37,26 +40,8 @@ class TestMessageForm(forms.Form):
     sender_id = forms.CharField(label="Sender id", max_length=200, required=False)
 
 
-class BotAdminForm(forms.ModelForm):
-    def clean(self):
-        cleaned = super().clean()
-        platform = cleaned.get("platform")
-        if platform:
-            self._require_credentials(platform, cleaned)
-        return cleaned
-
-    def _require_credentials(self, platform: str, cleaned: dict) -> None:
-        """A bot without these could not take a callback or send a reply: refuse to save
-        it rather than report it "added successfully"."""
-        label = Platform(platform).label
-        for name in required_credentials(platform, cleaned.get("extra")):
-            if name in self.fields and name not in self.errors and not str(cleaned.get(name) or ""):
-                self.add_error(name, f"{label} needs this.")
-
-
 @admin.register(Bot)
 class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
-    form = BotAdminForm
     list_display = ["name", "platform", "enabled", "default_backend", "callback_url"]
     list_filter = ["platform", "enabled"]
     search_fields = ["name", "app_id"]
@@ -98,9 +83,42 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
             return "assigned when saved"
         return format_html("<code>{}</code>", obj.callback_path)
 
-    def render_change_form(self, request, context, *args, **kwargs):
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["step_up_seconds_left"] = fresh_seconds_left(request)
-        return super().render_change_form(request, context, *args, **kwargs)
+        if obj is not None and obj.pk:
+            context["missing_credentials"] = self._missing_credentials_text(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # -- a bot its platform cannot use yet -----------------------------------------------
+    # Saved, not refused: every platform's setup (adapters' READMEs) creates the bot first,
+    # to give the platform its callback URL, and fills in credentials the platform hands
+    # out later. But it is not reported "added successfully": the admin lands on its page,
+    # told what is missing.
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._incomplete_bot_response(request, obj, "added") or super().response_add(
+            request, obj, post_url_continue
+        )
+
+    def response_change(self, request, obj):
+        return self._incomplete_bot_response(request, obj, "changed") or super().response_change(request, obj)
+
+    @staticmethod
+    def _missing_credentials_text(bot: Bot) -> str:
+        missing = [capfirst(Bot._meta.get_field(name).verbose_name) for name in bot.missing_credentials()]
+        if not missing:
+            return ""
+        return (
+            f"{Platform(bot.platform).label} needs {', '.join(missing)}: until they are set, its callbacks "
+            "are refused and no reply can be sent."
+        )
+
+    def _incomplete_bot_response(self, request: HttpRequest, bot: Bot, done: str) -> HttpResponse | None:
+        missing = self._missing_credentials_text(bot)
+        if not missing or IS_POPUP_VAR in request.POST:
+            return None
+        self.message_user(request, f"The bot “{bot}” was {done}, but it cannot work yet. {missing}", messages.WARNING)
+        return redirect(reverse("admin:bots_bot_change", args=[bot.pk]))
 
     # -- tools on the bot's page ---------------------------------------------------------
 

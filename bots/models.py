@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from bots.fields import EncryptedTextField
-from bots.platforms import WXBIZMSGCRYPT_PLATFORMS, Platform, validate_extra
+from bots.platforms import WXBIZMSGCRYPT_PLATFORMS, Platform, required_credentials, validate_extra
 from bots.validators import validate_cidr, validate_cidr_list, validate_encoding_aes_key
 
 
@@ -82,6 +82,11 @@ class Bot(models.Model):
                 problems["encoding_aes_key"] = exc.messages
         if problems:
             raise ValidationError(problems)
+
+    def missing_credentials(self) -> list[str]:
+        """The credential fields this bot's platform needs that are empty (not a validation
+        error: a bot is created before the platform hands out some of them)."""
+        return [name for name in required_credentials(self.platform, self.extra) if not str(getattr(self, name) or "")]
 
     @property
     def callback_path(self) -> str:

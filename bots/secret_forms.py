@@ -14,6 +14,7 @@ empty, so an admin could not tell whether the value was kept.
 from __future__ import annotations
 
 from django import forms
+from django.utils.text import capfirst
 
 from bots.fields import EncryptedTextField
 
@@ -37,7 +38,7 @@ class SecretFieldsAdminMixin:
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if isinstance(db_field, EncryptedTextField):
             return forms.CharField(
-                label=db_field.verbose_name.capitalize(),
+                label=capfirst(db_field.verbose_name),
                 widget=SecretInput(),
                 required=False,
                 help_text=db_field.help_text,
