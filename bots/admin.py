@@ -4,19 +4,23 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
 
 from audit.events import record_auth_event
 from audit.models import AuthEventKind
 from bots import console_tools
 from bots.fields import EncryptedTextField
-from bots.models import AdminAccessRule, ApiKey, Bot
+from bots.models import AdminAccessRule, ApiKey, ApiKeyScope, Bot
+from bots.platforms import Platform
 from bots.secret_forms import SecretFieldsAdminMixin
 from bots.stepup import StepUpAdminMixin, fresh_seconds_left, is_fresh, redirect_to_step_up
 from routing.models import ChatType
@@ -41,9 +45,9 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     list_display = ["name", "platform", "enabled", "default_backend", "callback_url"]
     list_filter = ["platform", "enabled"]
     search_fields = ["name", "app_id"]
-    readonly_fields = ["uuid", "callback_url", "created_at", "updated_at"]
+    readonly_fields = ["bot_uuid", "callback_url", "created_at", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "platform", "enabled", "uuid", "callback_url"]}),
+        (None, {"fields": ["name", "platform", "enabled", "bot_uuid", "callback_url"]}),
         (
             "Platform credentials",
             {"fields": ["app_id", "app_secret", "token", "encoding_aes_key", "api_base_url", "extra"]},
@@ -67,15 +71,54 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     step_up_secret_changes = True
     step_up_actions = ("delete_selected",)
 
+    # An unsaved bot's uuid is a default drawn for the page; the POST builds a new
+    # instance that draws another, so showing it would give a callback URL that never works.
+    @admin.display(description="UUID")
+    def bot_uuid(self, obj: Bot) -> str:
+        return str(obj.uuid) if obj.pk else "assigned when saved"
+
     @admin.display(description="callback URL")
     def callback_url(self, obj: Bot) -> str:
         if not obj.pk:
             return "assigned when saved"
         return format_html("<code>{}</code>", obj.callback_path)
 
-    def render_change_form(self, request, context, *args, **kwargs):
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["step_up_seconds_left"] = fresh_seconds_left(request)
-        return super().render_change_form(request, context, *args, **kwargs)
+        if obj is not None and obj.pk:
+            context["missing_credentials"] = self._missing_credentials_text(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # -- a bot its platform cannot use yet -----------------------------------------------
+    # Saved, not refused: every platform's setup (adapters' READMEs) creates the bot first,
+    # to give the platform its callback URL, and fills in credentials the platform hands
+    # out later. But it is not reported "added successfully": the admin lands on its page,
+    # told what is missing.
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._incomplete_bot_response(request, obj, "added") or super().response_add(
+            request, obj, post_url_continue
+        )
+
+    def response_change(self, request, obj):
+        return self._incomplete_bot_response(request, obj, "changed") or super().response_change(request, obj)
+
+    @staticmethod
+    def _missing_credentials_text(bot: Bot) -> str:
+        missing = [capfirst(Bot._meta.get_field(name).verbose_name) for name in bot.missing_credentials()]
+        if not missing:
+            return ""
+        return (
+            f"{Platform(bot.platform).label} needs {', '.join(missing)}: until they are set, its callbacks "
+            "are refused and no reply can be sent."
+        )
+
+    def _incomplete_bot_response(self, request: HttpRequest, bot: Bot, done: str) -> HttpResponse | None:
+        missing = self._missing_credentials_text(bot)
+        if not missing or IS_POPUP_VAR in request.POST:
+            return None
+        self.message_user(request, f"The bot “{bot}” was {done}, but it cannot work yet. {missing}", messages.WARNING)
+        return redirect(reverse("admin:bots_bot_change", args=[bot.pk]))
 
     # -- tools on the bot's page ---------------------------------------------------------
 
@@ -175,8 +218,18 @@ class ExpiryFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ApiKeyAdminForm(forms.ModelForm):
+    # Checkboxes rather than the JSON text box: the list of scopes is fixed. Not required
+    # here: ApiKey.clean() refuses an empty list, and says why, for every way in.
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKeyScope.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        help_text="What the key may call: at least one. Give a client only the scopes it needs.",
+    )
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
+    form = ApiKeyAdminForm
     list_display = ["name", "prefix", "scopes", "status", "expires_at", "last_used_at", "last_used_ip"]
     list_filter = [ExpiryFilter, "revoked"]
     search_fields = ["name", "prefix"]
@@ -196,6 +249,8 @@ class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
             return "revoked"
         if obj.expires_at <= now:
             return "expired"
+        if not obj.scopes:
+            return "no scopes: refused on every call"
         if obj.replaced_by_id:
             return f"rotated: works until {timezone.localtime(obj.expires_at):%Y-%m-%d %H:%M}"
         if obj.expires_at <= now + EXPIRY_WARNING:

@@ -12,8 +12,8 @@ from django.db import models
 from django.utils import timezone
 
 from bots.fields import EncryptedTextField
-from bots.platforms import Platform, validate_extra
-from bots.validators import validate_cidr, validate_cidr_list
+from bots.platforms import WXBIZMSGCRYPT_PLATFORMS, Platform, required_credentials, validate_extra
+from bots.validators import validate_cidr, validate_cidr_list, validate_encoding_aes_key
 
 
 class Bot(models.Model):
@@ -67,7 +67,26 @@ class Bot(models.Model):
         return self.name
 
     def clean(self) -> None:
-        validate_extra(self.platform, self.extra)
+        problems: dict[str, list[str]] = {}
+        try:
+            validate_extra(self.platform, self.extra)
+        except ValidationError as exc:
+            problems.update(exc.message_dict)
+        key = str(self.encoding_aes_key or "")
+        # Blank is allowed here: an imported bot gets its secrets later (the console
+        # form requires the ones its platform needs).
+        if key and self.platform in WXBIZMSGCRYPT_PLATFORMS:
+            try:
+                validate_encoding_aes_key(key)
+            except ValidationError as exc:
+                problems["encoding_aes_key"] = exc.messages
+        if problems:
+            raise ValidationError(problems)
+
+    def missing_credentials(self) -> list[str]:
+        """The credential fields this bot's platform needs that are empty (not a validation
+        error: a bot is created before the platform hands out some of them)."""
+        return [name for name in required_credentials(self.platform, self.extra) if not str(getattr(self, name) or "")]
 
     @property
     def callback_path(self) -> str:
@@ -166,6 +185,12 @@ class ApiKey(models.Model):
         self.save(update_fields=["revoked"])
 
     def clean(self) -> None:
+        if not isinstance(self.scopes, list) or not self.scopes:
+            # Every endpoint needs a scope: a key without one would be "active" yet refused
+            # on every call. No default scope either: what a key may do is chosen, not assumed.
+            raise ValidationError(
+                {"scopes": "Choose at least one scope: a key without one is refused on every call."}
+            )
         unknown = [s for s in self.scopes if s not in ApiKeyScope.values]
         if unknown:
             raise ValidationError({"scopes": f"unknown scopes: {', '.join(map(str, unknown))}."})

@@ -52,6 +52,33 @@ EXTRA_SCHEMAS: dict[str, dict[str, ExtraField]] = {
 }
 
 
+# The platforms whose EncodingAESKey is a WXBizMsgCrypt key (43 characters of base64);
+# Feishu's Encrypt Key, kept in the same column, is any string the admin chose.
+WXBIZMSGCRYPT_PLATFORMS = frozenset({Platform.WECOM, Platform.WECHAT_MP})
+
+# The credentials without which a bot cannot work: its callback refuses every request,
+# or no reply can be sent. Telegram's App secret is not among them: telegram_set_webhook
+# generates one when it is blank.
+REQUIRED_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    Platform.FEISHU: ("app_id", "app_secret", "token"),
+    Platform.WECOM: ("app_id", "app_secret", "token", "encoding_aes_key"),
+    Platform.WECHAT_MP: ("app_id", "token"),
+    Platform.DINGTALK: ("app_id", "app_secret"),
+    Platform.SLACK: ("app_secret", "token"),
+    Platform.TELEGRAM: ("token",),
+    Platform.WEBHOOK: ("app_secret",),
+}
+
+
+def required_credentials(platform: str, extra: object) -> tuple[str, ...]:
+    """The credential fields a bot on `platform` with these extra settings must have."""
+    required = REQUIRED_CREDENTIALS.get(platform, ())
+    if platform == Platform.WECHAT_MP and isinstance(extra, dict) and extra.get("customer_service_api") is True:
+        # message/custom/send needs an access token, fetched with the AppSecret.
+        required += ("app_secret",)
+    return required
+
+
 def validate_extra(platform: str, extra: object) -> None:
     """Raise ValidationError naming every problem in a bot's extra settings."""
     if not isinstance(extra, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from bots.models import ApiKey
@@ -46,3 +47,15 @@ def test_revoked_key_is_inactive():
     row, _ = ApiKey.issue(name="crm")
     row.revoke()
     assert not ApiKey.objects.get(pk=row.pk).is_active()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("scopes", [[], None, "chat"])
+def test_a_key_needs_a_list_of_at_least_one_scope(scopes):
+    row = ApiKey(name="crm", scopes=scopes)
+    row.assign_new_key()
+    with pytest.raises(ValidationError) as raised:
+        row.full_clean()
+    assert raised.value.message_dict["scopes"] == [
+        "Choose at least one scope: a key without one is refused on every call."
+    ]

@@ -19,6 +19,7 @@ from tests.conftest import PASSWORD, fresh_code, sign_in
 
 ADMIN_IP = "10.9.8.7"
 BOT_SECRET = "s3cr3t-app-secret-abcdef"
+BOT_AES_KEY = "Zm9ybS10ZXN0LWtleS1mb3ItYXVkaXQtdHJhaWwtMDA"
 BACKEND_KEY = "sk-live-0123456789abcdef"
 
 
@@ -40,7 +41,7 @@ def bot_form(name: str, **changes) -> dict:
         "app_id": "ww0001",
         "app_secret": BOT_SECRET,
         "token": "tok-123456",
-        "encoding_aes_key": "",
+        "encoding_aes_key": BOT_AES_KEY,
         "api_base_url": "",
         "extra": '{"agent_id": 1000002}',
         "allowed_ips": '["203.0.113.0/24"]',
@@ -88,7 +89,7 @@ CASES = {
         "bots/apikey",
         {
             "name": "crm",
-            "scopes": '["chat"]',
+            "scopes": ["chat"],
             "allowed_cidrs": "[]",
             "expires_at_0": "2030-01-01",
             "expires_at_1": "00:00:00",
@@ -144,7 +145,7 @@ def test_secrets_are_masked_in_every_audit_entry(console):
     post(console, f"/admin/bots/bot/{bot.pk}/change/", bot_form("masked", app_secret="rotated-secret-0000"))
     post(console, "/admin/routing/modelbackend/add/", backend_form("masked-backend"))
     everything = " ".join(str(e.changes) + str(e.serialized_data or "") for e in LogEntry.objects.all())
-    for secret in (BOT_SECRET, "rotated-secret-0000", "tok-123456", BACKEND_KEY):
+    for secret in (BOT_SECRET, "rotated-secret-0000", "tok-123456", BOT_AES_KEY, BACKEND_KEY):
         assert secret not in everything
         # auditlog's stock mask keeps half of the value in clear; ours must keep none.
         assert secret[len(secret) // 2 :] not in everything

@@ -319,6 +319,30 @@ def test_a_secret_of_the_wrong_type_is_refused_without_echoing_it(imported, tmp_
     assert database_state() == before
 
 
+@pytest.mark.parametrize("key", [
+    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2",  # 42 characters
+    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C=",  # 44: the pad the platforms leave off
+    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B-C",  # 43, but "-" is not in the base64 alphabet
+])
+def test_an_encoding_aes_key_the_platform_could_not_have_issued_is_refused(imported, tmp_path, key):
+    config = full_config()
+    config["bots"][0]["encoding_aes_key"] = key
+    before = database_state()
+
+    with pytest.raises(CommandError) as raised:
+        run("import_config", write(tmp_path, config))
+
+    assert 'bots[0] "sales-bot": encoding_aes_key: EncodingAESKey ' in str(raised.value)
+    assert key not in str(raised.value)
+    assert database_state() == before
+
+
+def test_a_feishu_encrypt_key_is_any_string(db, tmp_path):
+    config = {"bots": [{"name": "lark", "platform": "feishu", "encoding_aes_key": "my own encrypt key"}]}
+    run("import_config", write(tmp_path, config))
+    assert Bot.objects.get(name="lark").encoding_aes_key == "my own encrypt key"
+
+
 def test_another_bots_uuid_is_refused(imported, tmp_path):
     config = full_config()
     config["bots"][1]["uuid"] = SALES_UUID

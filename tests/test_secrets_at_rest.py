@@ -19,6 +19,7 @@ from routing.models import ModelBackend
 SECRET = "corp-secret-7f3a9c1e5b"
 TOKEN = "QDG6eK-token-value"
 AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+ROTATED_AES_KEY = "cm90YXRlZC1hZXMta2V5LWZvci10aGUtY29uc29sZS0"
 
 
 def new_key() -> str:
@@ -146,7 +147,7 @@ def test_console_masks_secrets_and_blank_keeps_them(console, bot):
 
     form = {
         "name": bot.name, "platform": "wecom", "enabled": "on", "app_id": bot.app_id,
-        "app_secret": "", "token": "", "encoding_aes_key": "rotated-aes-key",
+        "app_secret": "", "token": "", "encoding_aes_key": ROTATED_AES_KEY,
         "api_base_url": "", "extra": '{"agent_id": 1000002}', "allowed_ips": "[]",
         "rate_limit_qps": "10", "system_prompt": "", "default_backend": "",
         "context_ttl": "1800", "max_context_turns": "10", "require_mention_in_groups": "on",
@@ -155,4 +156,4 @@ def test_console_masks_secrets_and_blank_keeps_them(console, bot):
     assert response.status_code == 302, response.content.decode()[:2000]
     fresh = Bot.objects.get(pk=bot.pk)
     assert fresh.app_secret == SECRET and fresh.token == TOKEN
-    assert fresh.encoding_aes_key == "rotated-aes-key"
+    assert fresh.encoding_aes_key == ROTATED_AES_KEY

@@ -23,7 +23,7 @@ def shown_keys(page) -> list[tuple[str, str]]:
 
 def test_a_new_key_is_shown_once_and_only_its_hash_is_kept(console):
     response = console.post(f"{CHANGELIST}add/", {
-        "name": "crm", "scopes": '["chat"]', "allowed_cidrs": '["10.0.0.0/8"]',
+        "name": "crm", "scopes": ["chat"], "allowed_cidrs": '["10.0.0.0/8"]',
         "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00",
     })
     assert response.status_code == 302
@@ -79,10 +79,10 @@ def test_revoking_stops_a_key_at_once(console):
 @pytest.fixture
 def keys(db):
     now = timezone.now()
-    soon, _ = ApiKey.issue(name="soon", expires_at=now + timedelta(days=10))
-    later, _ = ApiKey.issue(name="later", expires_at=now + timedelta(days=60))
-    gone, _ = ApiKey.issue(name="gone", expires_at=now - timedelta(days=1))
-    revoked, _ = ApiKey.issue(name="revoked", expires_at=now + timedelta(days=3), revoked=True)
+    soon, _ = ApiKey.issue(name="soon", scopes=["chat"], expires_at=now + timedelta(days=10))
+    later, _ = ApiKey.issue(name="later", scopes=["chat"], expires_at=now + timedelta(days=60))
+    gone, _ = ApiKey.issue(name="gone", scopes=["chat"], expires_at=now - timedelta(days=1))
+    revoked, _ = ApiKey.issue(name="revoked", scopes=["chat"], expires_at=now + timedelta(days=3), revoked=True)
     return {"soon": soon, "later": later, "gone": gone, "revoked": revoked}
 
 
@@ -105,3 +105,25 @@ def test_keys_expiring_within_14_days_are_pointed_out(console, keys):
 def test_no_banner_without_expiring_keys(console, keys):
     keys["soon"].revoke()
     assert 'id="expiring-keys"' not in console.get(CHANGELIST).content.decode()
+
+
+def test_a_key_without_a_scope_is_not_issued(console):
+    response = console.post(f"{CHANGELIST}add/", {
+        "name": "crm", "allowed_cidrs": "[]", "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00",
+    })
+    assert response.status_code == 200 and not ApiKey.objects.exists()
+    assert response.context["adminform"].form.errors["scopes"] == [
+        "Choose at least one scope: a key without one is refused on every call."
+    ]
+    assert shown_keys(response) == []
+
+
+def test_the_scopes_are_offered_as_choices(console):
+    page = console.get(f"{CHANGELIST}add/").content.decode()
+    assert re.findall(r'<input type="checkbox" name="scopes" value="([\w:]+)"', page) == ["chat", "audit:read"]
+
+
+def test_a_key_left_without_scopes_says_so_in_the_list(console):
+    ApiKey.issue(name="old", scopes=[])
+    page = console.get(CHANGELIST).content.decode()
+    assert '<td class="field-status">no scopes: refused on every call</td>' in page

@@ -16,14 +16,15 @@ from bots.stepup import FRESH_SECONDS
 from routing.models import ModelBackend
 from tests.console.conftest import STEP_UP, code_age, make_stale, sent_to_step_up, wait_out_throttle
 from tests.fixtures import fresh_code
-from tests.test_audit_trail import bot_form
+from tests.test_audit_trail import BOT_AES_KEY, bot_form
 
 SECRET = "app-secret-0123456789"
 
 
 @pytest.fixture
 def bot(make_bot) -> Bot:
-    return make_bot(name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456")
+    return make_bot(name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456",
+                    encoding_aes_key=BOT_AES_KEY)
 
 
 def reveal_url(bot: Bot) -> str:
@@ -39,7 +40,8 @@ def step_up(client, device, next_url: str):
 
 
 def change_form(bot: Bot, **changes) -> dict:
-    return bot_form(bot.name, **{"app_id": bot.app_id, "app_secret": "", "token": "", "allowed_ips": "[]", **changes})
+    return bot_form(bot.name, **{"app_id": bot.app_id, "app_secret": "", "token": "", "encoding_aes_key": "",
+                                    "allowed_ips": "[]", **changes})
 
 
 # -- revealing a secret ------------------------------------------------------------------
@@ -218,14 +220,14 @@ def test_deleting_a_bot_needs_a_fresh_code(stale_console, totp_device, bot):
 def test_creating_or_rotating_an_api_key_needs_a_fresh_code(stale_console):
     add = "/admin/bots/apikey/add/"
     assert sent_to_step_up(stale_console.get(add), add)
-    form = {"name": "crm", "scopes": '["chat"]', "allowed_cidrs": "[]",
+    form = {"name": "crm", "scopes": ["chat"], "allowed_cidrs": "[]",
             "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00"}
     assert sent_to_step_up(stale_console.post(add, form), add)
     assert not ApiKey.objects.exists()
 
     key, _ = ApiKey.issue(name="crm", scopes=["chat"])
     change = f"/admin/bots/apikey/{key.pk}/change/"
-    assert sent_to_step_up(stale_console.post(change, {**form, "scopes": '["chat", "audit:read"]'}), change)
+    assert sent_to_step_up(stale_console.post(change, {**form, "scopes": ["chat", "audit:read"]}), change)
     response = stale_console.post("/admin/bots/apikey/", {"action": "rotate_keys", "_selected_action": [key.pk]})
     assert sent_to_step_up(response, "/admin/bots/apikey/")
     key.refresh_from_db()

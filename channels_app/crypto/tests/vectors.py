@@ -1,23 +1,20 @@
-"""The published test vectors (../shared/vectors/vectors.json next to the repository,
-or the file SWITCHBOARD_VECTORS names). A missing file fails the tests that need it
-loudly instead of skipping them: a skipped vector test proves nothing."""
+"""The platforms' published test vectors, kept in the repository beside this module
+(vectors/vectors.json; vectors/README.md names each one's source). A missing or
+damaged file fails the tests that need it loudly instead of skipping them: a skipped
+vector test proves nothing."""
 
 from __future__ import annotations
 
 import json
-import os
 from functools import cache
 from pathlib import Path
 
-DEFAULT_PATH = Path(__file__).resolve().parents[3].parent / "shared" / "vectors" / "vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "vectors.json"
 
 
 @cache
 def _all() -> dict[str, dict]:
-    path = Path(os.environ.get("SWITCHBOARD_VECTORS", DEFAULT_PATH))
-    if not path.is_file():
-        raise FileNotFoundError(f"test vectors not found at {path}; set SWITCHBOARD_VECTORS to vectors.json")
-    return {entry["id"]: entry for entry in json.loads(path.read_text(encoding="utf-8"))}
+    return {entry["id"]: entry for entry in json.loads(VECTORS_PATH.read_text(encoding="utf-8"))}
 
 
 def vector(vector_id: str) -> dict:
