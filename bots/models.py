@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from bots.fields import EncryptedTextField
+from bots.otp_devices import AuthenticatorDevice, BackupCode, BackupCodeDevice  # noqa: F401 (this app's models too)
 from bots.platforms import Platform, validate_extra
 from bots.validators import validate_cidr, validate_cidr_list
 
