@@ -1,12 +1,84 @@
-"""The console's pages for how people sign in: their second-factor devices."""
+"""The console's pages for who may sign in and how: users, groups and second-factor
+devices. Each way to gain access, or to sign in as someone, needs a fresh code
+(bots.stepup); taking access away does not, so a compromised account is stopped at once.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
+from django.http import HttpRequest, HttpResponse
 
 from bots.otp_devices import AuthenticatorDevice, BackupCodeDevice
-from bots.stepup import StepUpAdminMixin
+from bots.stepup import StepUpAdminMixin, is_fresh, redirect_to_step_up
+
+User = get_user_model()
+ACCESS_FLAGS = ("is_active", "is_staff", "is_superuser")
+
+
+def _ids(objects) -> set[int]:
+    return {obj.pk for obj in objects}
+
+
+def _adds(before: set[int], after) -> bool:
+    """Whether a submitted many-to-many value (None: not on the form) adds anything."""
+    return after is not None and bool(_ids(after) - before)
+
+
+class AccessGrantCheckMixin:
+    """A change-form POST that grants access is refused without a fresh code. The form
+    is validated to read what it grants; an invalid form is left to the view (it saves
+    nothing and shows the errors, and the corrected submission is checked again)."""
+
+    access_flags: tuple[str, ...] = ()
+    access_relations: tuple[str, ...] = ()
+
+    def _grants_access(self, request: HttpRequest, object_id: str) -> bool:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return False
+        flags = {name: getattr(obj, name) for name in self.access_flags}
+        related = {name: _ids(getattr(obj, name).all()) for name in self.access_relations}
+        # The form writes the submitted values onto obj (not saved): read them first.
+        form = self.get_form(request, obj, change=True)(request.POST, request.FILES, instance=obj)
+        if not form.is_valid():
+            return False
+        data = form.cleaned_data
+        return any(data.get(name, was) and not was for name, was in flags.items()) or any(
+            _adds(before, data.get(name)) for name, before in related.items()
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST" and not is_fresh(request) and self._grants_access(request, object_id):
+            return redirect_to_step_up(request, "give console access or permissions", back=request.path)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class ConsoleUserAdmin(AccessGrantCheckMixin, StepUpAdminMixin, UserAdmin):
+    """Adding a user, making one active, staff or superuser, adding groups or permissions,
+    and setting someone's password need a fresh code."""
+
+    step_up_add = True
+    access_flags = ACCESS_FLAGS
+    access_relations = ("groups", "user_permissions")
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:
+        # With a password of one's choosing, an account not enrolled yet is enrolled by
+        # whoever sets it; one enrolled is halfway taken over.
+        if not is_fresh(request):
+            return redirect_to_step_up(request, "set a user's password", back=request.path)
+        return super().user_change_password(request, id, form_url)
+
+
+class ConsoleGroupAdmin(AccessGrantCheckMixin, StepUpAdminMixin, GroupAdmin):
+    """A group's new permissions reach every member: adding a group, or permissions to
+    one, needs a fresh code."""
+
+    step_up_add = True
+    access_relations = ("permissions",)
 
 
 class SecondFactorDeviceAdmin(StepUpAdminMixin, admin.ModelAdmin):
@@ -47,3 +119,8 @@ class BackupCodeDeviceAdmin(SecondFactorDeviceAdmin):
     def unused_codes(self, obj: BackupCodeDevice) -> int:
         return obj.codes.count()
 
+
+admin.site.unregister(User)
+admin.site.register(User, ConsoleUserAdmin)
+admin.site.unregister(Group)
+admin.site.register(Group, ConsoleGroupAdmin)

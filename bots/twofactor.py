@@ -294,6 +294,10 @@ def backup_codes_view(request: HttpRequest) -> HttpResponse:
         return redirect(_with_next("twofactor:login", request))
     if request.method != "POST":
         return _show_backup_codes(request, None)
+    # New codes are a second factor for as long as they last: a session whose code is
+    # old (perhaps not its owner's any more) must not get to make a set of its own.
+    if not stepup.is_fresh(request):
+        return stepup.redirect_to_step_up(request, "make new backup codes", back=request.get_full_path())
     codes = BackupCodeDevice.issue(request.user, BACKUP_CODE_COUNT)
     return _show_backup_codes(request, codes)
 
