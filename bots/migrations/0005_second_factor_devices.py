@@ -7,12 +7,15 @@ empty tables stay (the plugins are no longer installed, nothing reads them).
 Signed-in sessions name the old device, so they have to sign in again; the codes people
 hold (app and backup) keep working."""
 
+from datetime import datetime, timezone
+
 import bots.fields
 import bots.otp_devices
 from bots.otp_devices import backup_code_digest
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
+from django.utils.dateparse import parse_datetime
 
 LEGACY_TOTP = "otp_totp_totpdevice"
 LEGACY_STATIC_DEVICE = "otp_static_staticdevice"
@@ -20,11 +23,25 @@ LEGACY_STATIC_TOKEN = "otp_static_statictoken"
 DEVICE_COLUMNS = ["user_id", "name", "confirmed", "throttling_failure_timestamp", "throttling_failure_count",
                   "created_at", "last_used_at"]
 TOTP_COLUMNS = [*DEVICE_COLUMNS, "key", "step", "t0", "digits", "tolerance", "drift", "last_t"]
+TIMESTAMP_COLUMNS = {"throttling_failure_timestamp", "created_at", "last_used_at"}
+
+
+def _aware(value):
+    """SQLite gives a raw cursor its timestamps as naive UTC text (as Django stored them)."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _rows(cursor, table, columns, where=""):
     cursor.execute(f"SELECT id, {', '.join(columns)} FROM {table} {where} ORDER BY id")  # noqa: S608 (constants)
-    return [(row[0], dict(zip(columns, row[1:], strict=True))) for row in cursor.fetchall()]
+    return [
+        (row[0], {name: _aware(value) if name in TIMESTAMP_COLUMNS else value
+                  for name, value in zip(columns, row[1:], strict=True)})
+        for row in cursor.fetchall()
+    ]
 
 
 def _copy(model, fields):
