@@ -17,7 +17,9 @@ from django.utils.text import capfirst
 
 from audit.events import record_auth_event
 from audit.models import AuthEventKind
-from bots import console_tools
+
+# account_admin is imported for the pages it registers: users, groups, OTP devices.
+from bots import account_admin, console_tools  # noqa: F401
 from bots.fields import EncryptedTextField
 from bots.models import AdminAccessRule, ApiKey, ApiKeyScope, Bot
 from bots.platforms import Platform

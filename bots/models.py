@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from bots.fields import EncryptedTextField
+from bots.otp_devices import AuthenticatorDevice, BackupCode, BackupCodeDevice  # noqa: F401 (this app's models too)
 from bots.platforms import WXBIZMSGCRYPT_PLATFORMS, Platform, required_credentials, validate_extra
 from bots.validators import validate_cidr, validate_cidr_list, validate_encoding_aes_key
 

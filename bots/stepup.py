@@ -87,6 +87,8 @@ class StepUpAdminMixin:
 
     - step_up_add / step_up_change / step_up_delete: these views need a fresh code
       (GET too, so the admin confirms before filling in a form, not after);
+    - step_up_view: every page of the model needs one, the list and read-only views
+      too (for what tells how someone signs in: their second-factor devices);
     - step_up_secret_changes: saving a new value into a secret field needs a fresh code
       (blank keeps the stored value, so only a typed value counts);
     - step_up_actions: names of changelist actions that need a fresh code.
@@ -95,11 +97,13 @@ class StepUpAdminMixin:
     step_up_add = False
     step_up_change = False
     step_up_delete = False
+    step_up_view = False
     step_up_secret_changes = False
     step_up_actions: tuple[str, ...] = ()
 
     def _step_up_name(self) -> str:
-        return str(self.model._meta.verbose_name)
+        name = str(self.model._meta.verbose_name)
+        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
     def _changes_a_secret(self, request: HttpRequest, object_id: str) -> bool:
         """Whether this submission replaces a stored secret (a new bot's first secrets
@@ -116,20 +120,33 @@ class StepUpAdminMixin:
 
     def add_view(self, request, form_url="", extra_context=None):
         if self.step_up_add and not is_fresh(request):
-            return redirect_to_step_up(request, f"add a {self._step_up_name()}", back=request.path)
+            return redirect_to_step_up(request, f"add {self._step_up_name()}", back=request.path)
         return super().add_view(request, form_url, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        if self.step_up_view and not is_fresh(request):
+            plural = str(self.model._meta.verbose_name_plural)
+            return redirect_to_step_up(request, f"see the {plural}", back=request.get_full_path())
+        return super().changelist_view(request, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        if self.step_up_view and not is_fresh(request):
+            return redirect_to_step_up(request, f"see {self._step_up_name()}", back=request.path)
+        return super().history_view(request, object_id, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if not is_fresh(request):
             if self.step_up_change and (request.method == "POST" or self.has_change_permission(request)):
-                return redirect_to_step_up(request, f"change a {self._step_up_name()}", back=request.path)
+                return redirect_to_step_up(request, f"change {self._step_up_name()}", back=request.path)
+            if self.step_up_view:
+                return redirect_to_step_up(request, f"see {self._step_up_name()}", back=request.path)
             if self._changes_a_secret(request, object_id):
                 return redirect_to_step_up(request, "change a secret", back=request.path)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def delete_view(self, request, object_id, extra_context=None):
         if self.step_up_delete and not is_fresh(request):
-            return redirect_to_step_up(request, f"delete a {self._step_up_name()}", back=request.path)
+            return redirect_to_step_up(request, f"delete {self._step_up_name()}", back=request.path)
         return super().delete_view(request, object_id, extra_context)
 
     def get_actions(self, request):

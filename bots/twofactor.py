@@ -7,8 +7,8 @@ so no request ever runs as a half-signed-in staff user.
 
 from __future__ import annotations
 
+import functools
 import math
-import secrets
 import time
 from base64 import b32encode
 from urllib.parse import urlencode
@@ -30,18 +30,17 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django_otp import devices_for_user, user_has_device, verify_token
 from django_otp import login as otp_login
-from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
+from django_otp.middleware import is_verified as otp_is_verified
 
 from audit.events import record_auth_event
 from audit.models import AuthEventKind
 from bots import lockout, stepup
 from bots.console_security import start_session_clock
+from bots.otp_devices import AuthenticatorDevice, BackupCode, BackupCodeDevice
 
 PENDING_KEY = "switchboard_2fa_pending"
 PENDING_SECONDS = 600
 MAX_CODE_FAILURES = 5
-BACKUP_CODES_KEY = "switchboard_new_backup_codes"
 BACKUP_CODE_COUNT = 10
 
 app_name = "twofactor"
@@ -95,6 +94,9 @@ def _finish_login(request: HttpRequest, user, device) -> None:
     request.session.pop(PENDING_KEY, None)
     login(request, user, backend=backend)
     otp_login(request, device)
+    # django-otp's middleware gives request.user its is_verified() as a request starts;
+    # login() has just replaced request.user, and this response is a console page.
+    request.user.is_verified = functools.partial(otp_is_verified, request.user)
     start_session_clock(request)
     stepup.mark_fresh(request)
     lockout.clear_failures(user.get_username(), request)
@@ -109,7 +111,7 @@ def _match_code(user, code: str):
 
     An app code goes to the app, a backup code to the backup codes: trying one on the
     other would count as a wrong code there and pause that device."""
-    kind = TOTPDevice if code.isdigit() and len(code) == 6 else StaticDevice
+    kind = AuthenticatorDevice if code.isdigit() and len(code) == 6 else BackupCodeDevice
     devices = [d for d in devices_for_user(user) if isinstance(d, kind)]
     # django-otp pauses a device after a wrong code; a code typed during the pause would
     # be refused whatever it is, so say so instead of calling it wrong.
@@ -224,12 +226,15 @@ def _qr_svg(data: str) -> str:
     return image.to_string(encoding="unicode")
 
 
-def _issue_backup_codes(user) -> list[str]:
-    device, _ = StaticDevice.objects.get_or_create(user=user, name="backup codes")
-    device.token_set.all().delete()
-    codes = [secrets.token_hex(4) for _ in range(BACKUP_CODE_COUNT)]
-    StaticToken.objects.bulk_create([StaticToken(device=device, token=code) for code in codes])
-    return codes
+def _show_backup_codes(request: HttpRequest, codes: list[str] | None) -> HttpResponse:
+    """The backup-codes page. New codes go straight into this response, never into the
+    session (stored in the database) or anywhere else: they are shown this once."""
+    remaining = BackupCode.objects.filter(device__user=request.user).count()
+    return render(
+        request,
+        "twofactor/backup_codes.html",
+        _context(request, codes=codes, remaining=remaining, title="Backup codes"),
+    )
 
 
 @sensitive_post_parameters("code")
@@ -245,9 +250,9 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
     if user_has_device(user, confirmed=True):
         return redirect(_with_next("twofactor:verify", request))
     # Keep one unconfirmed device, so reloading the page does not change the QR code.
-    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("id").first()
+    device = AuthenticatorDevice.objects.filter(user=user, confirmed=False).order_by("id").first()
     if device is None:
-        device = TOTPDevice.objects.create(user=user, name="authenticator app", confirmed=False)
+        device = AuthenticatorDevice.objects.create(user=user, name="authenticator app", confirmed=False)
     form = CodeForm(request.POST or None)
     error = ""
     wait = _throttle_seconds([device])
@@ -261,11 +266,10 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
                 device.refresh_from_db()
                 device.confirmed = True
                 device.save(update_fields=["confirmed"])
-                codes = _issue_backup_codes(user)
+                codes = BackupCodeDevice.issue(user, BACKUP_CODE_COUNT)
             record_auth_event(AuthEventKind.OTP_ENROLLED, request, user=user)
             _finish_login(request, user, device)
-            request.session[BACKUP_CODES_KEY] = codes
-            return redirect(_with_next("twofactor:backup_codes", request))
+            return _show_backup_codes(request, codes)
         refused = _code_failed(request, user, "wrong code at enrollment")
         if refused:
             return refused
@@ -288,16 +292,14 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
 def backup_codes_view(request: HttpRequest) -> HttpResponse:
     if not request.user.is_verified():
         return redirect(_with_next("twofactor:login", request))
-    if request.method == "POST":
-        request.session[BACKUP_CODES_KEY] = _issue_backup_codes(request.user)
-        return redirect(_with_next("twofactor:backup_codes", request))
-    codes = request.session.pop(BACKUP_CODES_KEY, None)
-    remaining = StaticToken.objects.filter(device__user=request.user).count()
-    return render(
-        request,
-        "twofactor/backup_codes.html",
-        _context(request, codes=codes, remaining=remaining, title="Backup codes"),
-    )
+    if request.method != "POST":
+        return _show_backup_codes(request, None)
+    # New codes are a second factor for as long as they last: a session whose code is
+    # old (perhaps not its owner's any more) must not get to make a set of its own.
+    if not stepup.is_fresh(request):
+        return stepup.redirect_to_step_up(request, "make new backup codes", back=request.get_full_path())
+    codes = BackupCodeDevice.issue(request.user, BACKUP_CODE_COUNT)
+    return _show_backup_codes(request, codes)
 
 
 @sensitive_post_parameters("code")

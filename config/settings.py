@@ -82,9 +82,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # django-otp without its TOTP and static plugins: they keep seeds and backup codes
+    # in clear; the console's devices are bots.otp_devices.
     "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
     "auditlog",
     "django_prometheus",
     "bots",

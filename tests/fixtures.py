@@ -11,19 +11,20 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from bots.otp_devices import AuthenticatorDevice, BackupCodeDevice
 
 PASSWORD = "a long test password 42"
 
 
-def totp_code(device: TOTPDevice, offset_steps: int = 0) -> str:
+def totp_code(device: AuthenticatorDevice, offset_steps: int = 0) -> str:
     """The code an authenticator app shows now (or offset_steps periods later)."""
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     totp.time = time.time() + offset_steps * device.step
     return f"{totp.token():0{device.digits}d}"
 
 
-def fresh_code(device: TOTPDevice) -> str:
+def fresh_code(device: AuthenticatorDevice) -> str:
     """A code that this device has not accepted yet (django-otp refuses a code twice
     within one time step, as it should), by letting the device forget the last step."""
     device.refresh_from_db()
@@ -32,17 +33,25 @@ def fresh_code(device: TOTPDevice) -> str:
     return totp_code(device)
 
 
+def give_backup_codes(user, *codes: str) -> BackupCodeDevice:
+    """A set of backup codes of our choosing for this user, stored (hashed) as
+    enrollment stores the ones it issues."""
+    device = BackupCodeDevice.objects.create(user=user, name="backup codes")
+    device.add_codes(list(codes))
+    return device
+
+
 @pytest.fixture
 def staff_user(django_user_model):
     return django_user_model.objects.create_user(username="alice", password=PASSWORD, is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
-def totp_device(staff_user) -> TOTPDevice:
-    return TOTPDevice.objects.create(user=staff_user, name="phone", confirmed=True)
+def totp_device(staff_user) -> AuthenticatorDevice:
+    return AuthenticatorDevice.objects.create(user=staff_user, name="phone", confirmed=True)
 
 
-def sign_in(client: Client, username: str, device: TOTPDevice, password: str = PASSWORD, **extra) -> None:
+def sign_in(client: Client, username: str, device: AuthenticatorDevice, password: str = PASSWORD, **extra) -> None:
     """Sign in through the real two-step console login."""
     response = client.post("/admin/2fa/login/", {"username": username, "password": password}, **extra)
     assert response.status_code == 302, response.content[:500]

@@ -10,10 +10,10 @@ from auditlog.context import set_actor
 from auditlog.models import LogEntry
 from django.contrib.auth.models import Group, User
 from django.contrib.contenttypes.models import ContentType
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuthEvent, AuthEventKind
 from bots.models import AdminAccessRule, ApiKey, Bot
+from bots.otp_devices import AuthenticatorDevice
 from routing.models import ModelBackend, RoutingRule
 from tests.conftest import PASSWORD, fresh_code, sign_in
 
@@ -165,8 +165,8 @@ def test_user_and_otp_device_changes_are_audited_without_secrets(console, staff_
     assert bob.password not in str(created.changes)
 
     with set_actor(staff_user, remote_addr=ADMIN_IP):
-        device = TOTPDevice.objects.create(user=bob, name="phone", confirmed=True)
-    entry = entries(TOTPDevice, device.pk)[0]
+        device = AuthenticatorDevice.objects.create(user=bob, name="phone", confirmed=True)
+    entry = entries(AuthenticatorDevice, device.pk)[0]
     assert entry.actor == staff_user
     assert device.key not in str(entry.changes) and entry.changes_dict["key"][1] == "********"
 

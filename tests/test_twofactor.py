@@ -19,12 +19,12 @@ from django.contrib import admin
 from django.core.management import CommandError, call_command
 from django.test import Client, RequestFactory
 from django.urls import reverse
-from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuthEvent, AuthEventKind
+from bots.otp_devices import AuthenticatorDevice, BackupCode, BackupCodeDevice
 from bots.twofactor import BACKUP_CODE_COUNT, MAX_CODE_FAILURES, PENDING_KEY, PENDING_SECONDS
 from tests.conftest import PASSWORD, fresh_code, totp_code
+from tests.fixtures import give_backup_codes
 
 LOGIN = "/admin/2fa/login/"
 VERIFY = "/admin/2fa/verify/"
@@ -101,13 +101,13 @@ def qr_modules_for(data: str, error_correction: int) -> set[tuple[int, int]]:
     return {(col, row) for row, line in enumerate(code.get_matrix()) for col, dark in enumerate(line) if dark}
 
 
-def code_not_accepted_by(device: TOTPDevice) -> str:
+def code_not_accepted_by(device: AuthenticatorDevice) -> str:
     """A six-digit code that is not valid in any step the device tolerates right now."""
     valid = {totp_code(device, offset) for offset in range(-device.tolerance - 1, device.tolerance + 2)}
     return next(code for code in (f"{n:06d}" for n in range(0, 1000000, 111111)) if code not in valid)
 
 
-def wait_out_throttle(device: TOTPDevice) -> None:
+def wait_out_throttle(device: AuthenticatorDevice) -> None:
     """django-otp locks a device for a second or more after a wrong code; a person waits
     that long anyway, so move the failure into the past instead of sleeping."""
     device.refresh_from_db()
@@ -136,9 +136,14 @@ def enrolling(staff_user) -> Client:
 def enroll(client: Client) -> list[str]:
     """Finish enrollment the way a person does; returns the backup codes shown."""
     client.get(ENROLL)
-    device = TOTPDevice.objects.get(confirmed=False)
-    assert location(client.post(ENROLL, {"code": totp_code(device)})).startswith(BACKUP_CODES)
-    return backup_codes_on(client.get(BACKUP_CODES).content.decode())
+    device = AuthenticatorDevice.objects.get(confirmed=False)
+    response = client.post(ENROLL, {"code": totp_code(device)})
+    assert response.status_code == 200
+    return backup_codes_on(response.content.decode())
+
+
+def stored_backup_codes(user) -> int:
+    return BackupCode.objects.filter(device__user=user).count()
 
 
 # (a) every admin page needs a verified second factor
@@ -187,7 +192,7 @@ def test_password_step_alone_does_not_sign_in(enrolling):
 def test_enrollment_page_shows_the_devices_key_as_qr_and_text(enrolling):
     response = enrolling.get(ENROLL)
     assert response.status_code == 200
-    device = TOTPDevice.objects.get()
+    device = AuthenticatorDevice.objects.get()
     assert not device.confirmed
 
     key = manual_key(response)
@@ -207,12 +212,12 @@ def test_enrollment_page_shows_the_devices_key_as_qr_and_text(enrolling):
 
     # A reload must not change the key, or a phone that already scanned it is useless.
     assert manual_key(enrolling.get(ENROLL)) == key
-    assert TOTPDevice.objects.count() == 1
+    assert AuthenticatorDevice.objects.count() == 1
 
 
 def test_enrollment_refuses_a_wrong_code_then_accepts_the_right_one(enrolling, staff_user):
     enrolling.get(ENROLL)
-    device = TOTPDevice.objects.get()
+    device = AuthenticatorDevice.objects.get()
 
     response = enrolling.post(ENROLL, {"code": code_not_accepted_by(device)})
     assert response.status_code == 200
@@ -225,18 +230,21 @@ def test_enrollment_refuses_a_wrong_code_then_accepts_the_right_one(enrolling, s
 
     wait_out_throttle(device)
     response = enrolling.post(ENROLL, {"code": totp_code(device)})
-    assert location(response) == f"{BACKUP_CODES}?next=%2Fadmin%2F"
+    # The codes come in this very response: they are never parked in the session.
+    assert response.status_code == 200
+    page = response.content.decode()
     device.refresh_from_db()
     assert device.confirmed
     assert events(AuthEventKind.OTP_ENROLLED, user=staff_user)
     assert events(AuthEventKind.LOGIN, user=staff_user)
     assert is_verified_console(enrolling)
 
-    page = enrolling.get(BACKUP_CODES).content.decode()
     shown = backup_codes_on(page)
     assert len(shown) == len(set(shown)) == BACKUP_CODE_COUNT == 10
-    assert set(shown) == set(StaticToken.objects.filter(device__user=staff_user).values_list("token", flat=True))
+    assert stored_backup_codes(staff_user) == 10
+    assert not any(code in str(enrolling.session.items()) for code in shown)
     assert 'href="/admin/" id="continue"' in page
+    assert 'action="/admin/2fa/backup-codes/"' in page
 
     again = enrolling.get(BACKUP_CODES).content.decode()
     assert 'id="backup-codes"' not in again
@@ -252,7 +260,7 @@ def test_backup_code_signs_in_exactly_once(enrolling, staff_user):
     assert location(first.post(LOGIN, {"username": staff_user.username, "password": PASSWORD})).startswith(VERIFY)
     assert location(first.post(VERIFY, {"code": code})) == "/admin/"
     assert is_verified_console(first)
-    assert not StaticToken.objects.filter(token=code).exists()
+    assert stored_backup_codes(staff_user) == 9
     assert b"You have 9 unused backup codes." in first.get(BACKUP_CODES).content
 
     second = Client()
@@ -265,11 +273,20 @@ def test_backup_code_signs_in_exactly_once(enrolling, staff_user):
 
 def test_new_backup_codes_replace_the_old_set(enrolling, staff_user):
     old_codes = enroll(enrolling)
-    assert location(enrolling.post(BACKUP_CODES)).startswith(BACKUP_CODES)
-    page = enrolling.get(BACKUP_CODES).content.decode()
-    new_codes = backup_codes_on(page)
+    response = enrolling.post(BACKUP_CODES)
+    assert response.status_code == 200
+    new_codes = backup_codes_on(response.content.decode())
     assert len(new_codes) == BACKUP_CODE_COUNT and not set(new_codes) & set(old_codes)
-    assert set(StaticToken.objects.values_list("token", flat=True)) == set(new_codes)
+    assert stored_backup_codes(staff_user) == BACKUP_CODE_COUNT
+    # Shown once: the page does not show them again.
+    assert not backup_codes_on(enrolling.get(BACKUP_CODES).content.decode())
+
+    # The old set is gone, the new one signs in.
+    other = Client()
+    other.post(LOGIN, {"username": staff_user.username, "password": PASSWORD})
+    assert other.post(VERIFY, {"code": old_codes[0]}).status_code == 200
+    wait_out_throttle(BackupCodeDevice.objects.get(user=staff_user))
+    assert location(other.post(VERIFY, {"code": new_codes[0]})) == "/admin/"
 
 
 # (c) refusals
@@ -294,7 +311,7 @@ def test_non_staff_user_is_refused_even_with_the_right_password(client, django_u
     [failed] = events(AuthEventKind.LOGIN_FAILED, username="bob")
     assert failed.detail == "not a staff account"
     assert location(client.get(ENROLL)).startswith(LOGIN)
-    assert not TOTPDevice.objects.exists()
+    assert not AuthenticatorDevice.objects.exists()
 
 
 def test_password_step_expires(client, staff_user, totp_device):
@@ -358,8 +375,7 @@ def test_a_paused_device_says_how_long_to_wait_and_keeps_counting_fair(client, s
 
 
 def test_a_backup_code_does_not_pause_the_authenticator_app(client, staff_user, totp_device):
-    backup = StaticDevice.objects.create(user=staff_user, name="backup codes")
-    backup.token_set.create(token="a1b2c3d4")
+    give_backup_codes(staff_user, "a1b2c3d4")
     client.post(LOGIN, {"username": staff_user.username, "password": PASSWORD})
     assert location(client.post(VERIFY, {"code": "a1b2c3d4"})) == "/admin/"
     totp_device.refresh_from_db()
@@ -399,7 +415,7 @@ def test_enrolled_user_is_sent_to_verify_and_cannot_enroll_again(client, staff_u
     # Knowing the password must not be enough to register a second phone.
     assert location(client.get(ENROLL)).startswith(VERIFY)
     assert location(client.post(ENROLL, {"code": "123456"})).startswith(VERIFY)
-    assert list(TOTPDevice.objects.all()) == [totp_device]
+    assert list(AuthenticatorDevice.objects.all()) == [totp_device]
 
 
 def test_sign_in_records_the_login_with_the_remote_address(staff_user, totp_device):
@@ -417,19 +433,18 @@ def test_sign_in_records_the_login_with_the_remote_address(staff_user, totp_devi
 
 
 def test_reset_2fa_removes_the_devices_and_sends_the_user_to_enrollment(console, staff_user, django_user_model):
-    backup = StaticDevice.objects.create(user=staff_user, name="backup codes")
-    backup.token_set.create(token="abcd1234")
+    give_backup_codes(staff_user, "abcd1234")
     other = django_user_model.objects.create_user(username="carol", password=PASSWORD, is_staff=True)
-    others_device = TOTPDevice.objects.create(user=other, name="phone", confirmed=True)
+    others_device = AuthenticatorDevice.objects.create(user=other, name="phone", confirmed=True)
     assert is_verified_console(console)
 
     out = StringIO()
     call_command("reset_2fa", staff_user.username, stdout=out)
     assert "Removed 2 device(s) of alice" in out.getvalue()
-    assert not TOTPDevice.objects.filter(user=staff_user).exists()
-    assert not StaticDevice.objects.filter(user=staff_user).exists()
-    assert not StaticToken.objects.filter(token="abcd1234").exists()
-    assert list(TOTPDevice.objects.all()) == [others_device]
+    assert not AuthenticatorDevice.objects.filter(user=staff_user).exists()
+    assert not BackupCodeDevice.objects.filter(user=staff_user).exists()
+    assert not BackupCode.objects.exists()
+    assert list(AuthenticatorDevice.objects.all()) == [others_device]
     [reset] = events(AuthEventKind.OTP_RESET)
     assert reset.user == staff_user and reset.detail == "manage.py reset_2fa"
 
@@ -443,7 +458,7 @@ def test_reset_2fa_removes_the_devices_and_sends_the_user_to_enrollment(console,
 def test_reset_2fa_also_drops_a_half_done_enrollment(enrolling, staff_user):
     old_key = manual_key(enrolling.get(ENROLL))
     call_command("reset_2fa", staff_user.username, stdout=StringIO())
-    assert not TOTPDevice.objects.exists()
+    assert not AuthenticatorDevice.objects.exists()
     # The key shown before the reset (maybe on the lost phone) is gone for good.
     assert manual_key(enrolling.get(ENROLL)) != old_key
 

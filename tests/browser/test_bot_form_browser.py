@@ -14,12 +14,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from django.db import connection
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from bots import encryption
 from bots.models import Bot
+from bots.otp_devices import AuthenticatorDevice
 from channels_app.crypto import WXBizMsgCrypt, signature
 from tests.browser.conftest import browser_sign_in, click_and_wait, wait_for
 from tests.fixtures import PASSWORD
@@ -37,7 +37,7 @@ TYPED = {
 @pytest.fixture
 def admin_user(django_user_model):
     user = django_user_model.objects.create_superuser(username="root", email="root@example.com", password=PASSWORD)
-    return user, TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+    return user, AuthenticatorDevice.objects.create(user=user, name="phone", confirmed=True)
 
 
 def fill(browser, field_id: str, value: str) -> None:

@@ -17,7 +17,6 @@ import pytest
 from auditlog.models import LogEntry
 from django.contrib.sessions.backends.db import SessionStore
 from django.utils import timezone
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -25,6 +24,7 @@ from audit.export import verify_export
 from audit.models import AuthEvent, AuthEventKind
 from audit.roles import auditors_group
 from bots.models import ApiKey, Bot
+from bots.otp_devices import AuthenticatorDevice
 from bots.stepup import FRESH_SECONDS, VERIFIED_AT_KEY
 from channels_app.models import InboundMessage, MessageStatus
 from routing.models import ModelBackend
@@ -42,7 +42,7 @@ BOT_SECRET = "corp-secret-from-the-browser-7f3a"
 @pytest.fixture
 def admin_user(django_user_model):
     user = django_user_model.objects.create_superuser(username="root", email="root@example.com", password=PASSWORD)
-    return user, TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+    return user, AuthenticatorDevice.objects.create(user=user, name="phone", confirmed=True)
 
 
 def aes_key() -> str:
@@ -191,7 +191,7 @@ def test_an_auditor_exports_csv_and_cannot_open_a_bot(browser, live_server, djan
     bot = make_bot(name="helpdesk")
     auditor = django_user_model.objects.create_user(username="audrey", password=PASSWORD, is_staff=True)
     auditor.groups.add(auditors_group())
-    device = TOTPDevice.objects.create(user=auditor, name="phone", confirmed=True)
+    device = AuthenticatorDevice.objects.create(user=auditor, name="phone", confirmed=True)
     browser_sign_in(browser, live_server.url, "audrey", device)
     shot("auditor-index")
     links = {a.get_attribute("href").removeprefix(live_server.url)

@@ -7,11 +7,11 @@ from base64 import b32decode
 
 import pytest
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bots.otp_devices import AuthenticatorDevice
 from tests.browser.conftest import click_and_wait
 from tests.conftest import PASSWORD
 
@@ -41,7 +41,7 @@ def test_new_superuser_enrolls_and_reaches_the_console(browser, live_server, dja
     shot("enroll-qr-code")
 
     manual_key = key_element.text
-    device = TOTPDevice.objects.get(user__username="root")
+    device = AuthenticatorDevice.objects.get(user__username="root")
     assert b32decode(manual_key.replace(" ", "")) == device.bin_key
     browser.find_element(By.ID, "id_code").send_keys(code_for(manual_key))
     browser.find_element(By.CSS_SELECTOR, "#enroll-form input[type=submit]").click()

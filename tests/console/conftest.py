@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.test import Client
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.roles import auditors_group
+from bots.otp_devices import AuthenticatorDevice
 from bots.stepup import FRESH_SECONDS, VERIFIED_AT_KEY
 from tests.fixtures import PASSWORD, sign_in
 
@@ -62,5 +62,5 @@ def auditor(django_user_model):
 @pytest.fixture
 def auditor_console(auditor) -> Client:
     client = Client()
-    sign_in(client, auditor.username, TOTPDevice.objects.create(user=auditor, name="phone", confirmed=True))
+    sign_in(client, auditor.username, AuthenticatorDevice.objects.create(user=auditor, name="phone", confirmed=True))
     return client

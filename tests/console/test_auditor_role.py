@@ -145,14 +145,14 @@ def test_the_sign_in_event_export_has_no_model_filter(auditor_console):
 
 def test_export_needs_view_permission_on_the_log(console, django_user_model):
     from django.test import Client
-    from django_otp.plugins.otp_totp.models import TOTPDevice
 
+    from bots.otp_devices import AuthenticatorDevice
     from tests.fixtures import PASSWORD, sign_in
 
     operator = django_user_model.objects.create_user(username="op", password=PASSWORD, is_staff=True)
     operator.user_permissions.add(Permission.objects.get(codename="view_bot"))
     client = Client()
-    sign_in(client, "op", TOTPDevice.objects.create(user=operator, name="phone", confirmed=True))
+    sign_in(client, "op", AuthenticatorDevice.objects.create(user=operator, name="phone", confirmed=True))
     assert client.get("/admin/auditlog/logentry/export/").status_code == 403
     assert client.post("/admin/auditlog/logentry/export/", {"format": "csv"}).status_code == 403
     assert not AuthEvent.objects.filter(kind=AuthEventKind.AUDIT_EXPORTED).exists()

@@ -17,8 +17,8 @@ from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.utils import timezone
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from bots.otp_devices import AuthenticatorDevice
 from channels_app.models import InboundMessage, MessageStatus
 from tests.fixtures import PASSWORD, sign_in
 
@@ -166,7 +166,7 @@ def test_viewers_see_the_log_but_cannot_requeue(rows, django_user_model, queue):
     viewer = django_user_model.objects.create_user(username="viv", password=PASSWORD, is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_inboundmessage"))
     client = Client()
-    sign_in(client, "viv", TOTPDevice.objects.create(user=viewer, name="phone", confirmed=True))
+    sign_in(client, "viv", AuthenticatorDevice.objects.create(user=viewer, name="phone", confirmed=True))
     page = client.get(CHANGELIST)
     assert page.status_code == 200 and "where is my invoice" in page.content.decode()
     assert "replay_messages" not in page.content.decode()

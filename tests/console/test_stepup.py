@@ -15,7 +15,7 @@ from bots.models import AdminAccessRule, ApiKey, Bot
 from bots.stepup import FRESH_SECONDS
 from routing.models import ModelBackend
 from tests.console.conftest import STEP_UP, code_age, make_stale, sent_to_step_up, wait_out_throttle
-from tests.fixtures import fresh_code
+from tests.fixtures import fresh_code, give_backup_codes
 from tests.test_audit_trail import BOT_AES_KEY, bot_form
 
 SECRET = "app-secret-0123456789"
@@ -120,9 +120,7 @@ def test_step_up_needs_a_signed_in_console_user(client, staff_user, totp_device)
 
 
 def test_a_backup_code_works_for_step_up(stale_console, staff_user, bot):
-    from django_otp.plugins.otp_static.models import StaticDevice
-
-    StaticDevice.objects.create(user=staff_user, name="backup codes").token_set.create(token="c0ffee42")
+    give_backup_codes(staff_user, "c0ffee42")
     response = stale_console.post(STEP_UP, {"code": "c0ffee42", "next": reveal_url(bot)})
     assert response["Location"] == reveal_url(bot)
     assert stale_console.get(reveal_url(bot)).status_code == 200

@@ -11,10 +11,10 @@ import secrets
 
 import pytest
 from django.test import Client
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from bots.console_tools import HANDSHAKE_CHECKS, TEST_CHAT_ID, TEST_SENDER_ID
 from bots.models import Bot
+from bots.otp_devices import AuthenticatorDevice
 from channels_app.models import InboundMessage
 from channels_app.registry import registered
 from routing.context import ContextStore
@@ -120,7 +120,7 @@ def test_the_tools_are_for_those_who_may_change_the_bot(bot, django_user_model):
     viewer = django_user_model.objects.create_user(username="viv", password=PASSWORD, is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_bot"))
     client = Client()
-    sign_in(client, "viv", TOTPDevice.objects.create(user=viewer, name="phone", confirmed=True))
+    sign_in(client, "viv", AuthenticatorDevice.objects.create(user=viewer, name="phone", confirmed=True))
     assert client.get(f"/admin/bots/bot/{bot.pk}/change/").status_code == 200
     for tool in ["test-message", "check-callback", "reveal"]:
         assert client.get(f"/admin/bots/bot/{bot.pk}/{tool}/").status_code == 403
