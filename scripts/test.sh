@@ -11,8 +11,9 @@ Usage: bash scripts/test.sh [PYTEST ARGUMENTS...]
   1. checks that Python can create a virtualenv (installs python3-venv with apt if needed)
   2. creates .venv and installs requirements-dev.txt (only when it changed)
   3. makes sure Redis answers at REDIS_URL (installs and starts redis-server if needed)
-  4. installs Debian's chromium and chromium-driver for the browser tests, and nginx,
-     logrotate and prometheus (promtool) for the deployment tests (as root)
+  4. installs Debian's chromium and chromium-driver for the browser tests, nginx,
+     logrotate and prometheus (promtool) for the deployment tests, and rabbitmq-server
+     for the RabbitMQ fault tests (as root)
   5. uses PostgreSQL at 127.0.0.1:5432 when it answers (DATABASE_URL wins if set),
      otherwise SQLite, with a warning
   6. ruff check .
@@ -42,21 +43,22 @@ ensure_requirements requirements-dev.txt 0
 step "Redis"
 ensure_redis "${REDIS_URL:-redis://127.0.0.1:6379/0}" 0 "${SWITCHBOARD_VAR_DIR:-var}"
 
-step "Chromium and chromedriver for the browser tests; nginx, logrotate, promtool for tests/ops"
+step "Chromium and chromedriver for the browser tests; nginx, logrotate, promtool for tests/ops; rabbitmq-server for tests/faults"
+# tests/faults starts a private rabbitmq-server of its own (it never touches the machine's).
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/logrotate ] \
-    && [ -x /usr/bin/promtool ]; then
-    info "$(/usr/bin/chromium --version 2>/dev/null || echo chromium), chromedriver, nginx, logrotate and promtool are installed"
+    && [ -x /usr/bin/promtool ] && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    info "$(/usr/bin/chromium --version 2>/dev/null || echo chromium), chromedriver, nginx, logrotate, promtool and rabbitmq-server are installed"
 elif is_root; then
-    FIX="check the apt output above; the browser tests need /usr/bin/chromium and /usr/bin/chromedriver, tests/ops nginx, logrotate and promtool"
-    apt_install chromium chromium-driver nginx logrotate prometheus
+    FIX="check the apt output above; the browser tests need /usr/bin/chromium and /usr/bin/chromedriver, tests/ops nginx, logrotate and promtool, tests/faults rabbitmq-server"
+    apt_install chromium chromium-driver nginx logrotate prometheus rabbitmq-server
 else
-    warn "chromium, nginx, logrotate or promtool is missing and this script is not running as root; the browser and"
-    warn "deployment tests will skip (or fail with CI=true). Install them with:"
-    warn "    sudo apt-get install -y chromium chromium-driver nginx logrotate prometheus"
+    warn "chromium, nginx, logrotate, promtool or rabbitmq-server is missing and this script is not running as root; the"
+    warn "browser, deployment and RabbitMQ fault tests will skip (or fail with CI=true). Install them with:"
+    warn "    sudo apt-get install -y chromium chromium-driver nginx logrotate prometheus rabbitmq-server"
 fi
 if [ "${CI:-}" = true ]; then
     export SWITCHBOARD_REQUIRE_BROWSER=1 SWITCHBOARD_REQUIRE_TOOLS=1
-    info "CI=true: browser and deployment tests fail rather than skip when Chromium, nginx, logrotate or promtool is missing"
+    info "CI=true: browser, deployment and RabbitMQ fault tests fail rather than skip when a tool they need is missing"
 fi
 
 step "Database"
