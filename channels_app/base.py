@@ -101,10 +101,11 @@ class Adapter(ABC):
 
     def claim_nonce(self, nonce: str, message: bytes | str, valid_until: float, *,
                     signature_covers_message: bool = False) -> None:
-        """Refuse a nonce that came, while its timestamp is valid (`valid_until`, from
-        check_timestamp), with another message; let the same message under it through
-        as the platform's re-delivery (ReplayedRequest otherwise). The view releases a
-        new claim if the request then fails, so the platform's retry is not refused.
+        """Claim a nonce for this request's message until its timestamp stops passing
+        (`valid_until`, from check_timestamp). The nonce with another message is a
+        replay (ReplayedRequest); with the same message it is the platform sending the
+        request again, let through to be answered as usual. The view releases a new
+        claim if the request then fails, so the platform's retry is not refused.
 
         message: what the nonce must stay with. Where the signature covers the message,
         the message as signed, decrypted where it is encrypted (a copy encrypted anew is

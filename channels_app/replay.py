@@ -101,7 +101,7 @@ def claim(nonce: NonceClaim) -> Claim:
     the signature and timestamp checks still hold and the database's unique constraint
     still drops duplicates, so we accept (NEW), log and count it."""
     try:
-        return nonce.outcome(get_redis_connection("default").eval(*nonce.command()[1:]))
+        return nonce.outcome(get_redis_connection("default").execute_command(*nonce.command()))
     except RedisError as exc:
         unavailable(exc)
         return Claim.NEW
