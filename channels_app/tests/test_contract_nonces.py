@@ -1,6 +1,7 @@
 """The shared contract's nonce check, for every adapter that claims nonces: the very same
-request sent again (WeCom and WeChat do when our answer was late) gets the platform's
-normal answer and is counted as a re-delivery; another message under a used nonce is
+request sent again (WeCom and WeChat do when our answer was late), after the first was
+recorded or while it still waits for the database, gets the platform's normal answer,
+is counted as a re-delivery and is queued once; another message under a used nonce is
 refused; and a nonce is kept until its own timestamp leaves CALLBACK_TIMESTAMP_WINDOW,
 up to twice the window for a request signed ahead of our clock.
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.test import Client
 from django_redis import get_redis_connection
 from prometheus_client import REGISTRY
 
@@ -25,6 +28,8 @@ from channels_app.models import InboundMessage
 from channels_app.tests.contract import ContractKit, Request
 from channels_app.tests.test_contract import MSG_ID, TEXT, kit_for, params
 from config.celery import app
+from tests.database_locks import outbox_inserts_held
+from tests.processes import wait_until
 
 OTHER_ID, OTHER_TEXT = "7385000000000000099", "另一条 another message"
 
@@ -88,6 +93,32 @@ def test_the_very_same_request_again_is_answered_alike_and_counted_as_a_redelive
     callbacks = [r for r in caplog.records if r.name == "switchboard.callbacks"]
     assert [r.levelno for r in callbacks] == [logging.INFO]
     assert "re-delivery" in callbacks[0].getMessage()
+
+
+def test_a_copy_sent_while_the_first_waits_for_the_database_is_answered_alike(kit, bot, queued):
+    """Both requests verified and waiting at their INSERT: one records the message, the
+    other meets its row, and whichever claims the nonce second finds the same message."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): the database is slowed with a table lock")
+    callback = kit.text_message(bot, MSG_ID, TEXT)
+
+    def send():
+        try:
+            return callback.send(Client())
+        finally:
+            connection.close()  # this thread's own
+
+    with ThreadPoolExecutor(2) as pool:
+        with outbox_inserts_held() as waiting:
+            first = pool.submit(send)
+            wait_until(lambda: waiting() == 1, timeout=10, what="the first request at its INSERT", interval=0.02)
+            again = pool.submit(send)
+            wait_until(lambda: waiting() == 2, timeout=10, what="the copy at its INSERT", interval=0.02)
+        first, again = first.result(timeout=10), again.result(timeout=10)
+
+    assert 200 <= first.status_code < 300, first.content[:300]
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    assert InboundMessage.objects.filter(bot=bot).count() == 1 and queued() == 1
 
 
 def test_a_nonce_reused_for_another_message_is_refused(kit, bot, send, queued):

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
-import psycopg
 import pytest
 from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from channels_app.models import InboundMessage, MessageStatus
-from tests.e2e.conftest import database_url_for_subprocess
+from tests.database_locks import outbox_inserts_held
 from tests.faults.conftest import Gunicorn, post, signed_callback
 from tests.processes import wait_until
 
@@ -52,26 +50,6 @@ def callback_log(web: Gunicorn) -> list[dict]:
             if record.get("logger") == "switchboard.callbacks":
                 records.append(record)
     return records
-
-
-@contextmanager
-def inserts_held() -> Iterator[Callable[[], int]]:
-    """Holds every INSERT into the outbox table at a lock (a slow database, seen from the
-    callback) until the block ends; yields how many queries wait for it."""
-    holder = psycopg.connect(database_url_for_subprocess())
-    try:
-        holder.execute(f"LOCK TABLE {InboundMessage._meta.db_table} IN EXCLUSIVE MODE")  # reads still pass
-
-        def waiting() -> int:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                               "AND wait_event_type = 'Lock' AND query LIKE 'INSERT%%'")
-                return cursor.fetchone()[0]
-
-        yield waiting
-    finally:
-        holder.rollback()
-        holder.close()
 
 
 def answered_once(wecom, msg_id: str, text: str) -> None:
@@ -106,7 +84,7 @@ def test_a_copy_sent_while_the_first_waits_for_the_database_gets_the_normal_answ
     before = callbacks(web)
 
     with ThreadPoolExecutor(2) as pool:
-        with inserts_held() as waiting:
+        with outbox_inserts_held() as waiting:
             first = pool.submit(post, web.url, *request)
             wait_until(lambda: waiting() == 1, timeout=10, what="the first request waiting at its INSERT",
                        interval=0.05)
