@@ -99,8 +99,9 @@ class Adapter(ABC):
             raise StaleRequest(f"timestamp is {skew:.0f} s away from our clock (window {window} s)")
         return timestamp_seconds + window
 
-    def claim_nonce(self, nonce: str, message: bytes | str, valid_until: float, *,
-                    signature_covers_message: bool = False) -> None:
+    def claim_nonce(
+        self, nonce: str, message: bytes | str, valid_until: float, *, signature_covers_message: bool = False
+    ) -> None:
         """Claim a nonce for this request's message until its timestamp stops passing
         (`valid_until`, from check_timestamp). The nonce with another message is a
         replay (ReplayedRequest); with the same message it is the platform sending the
@@ -136,7 +137,10 @@ class Adapter(ABC):
         if outcome is replay.Claim.SAME_MESSAGE:
             # Not ours to release: the request that made the claim may still be running.
             self.redelivered = True
-            logger.info("callback for %s: nonce %r came again with the same message, answered as a re-delivery",
-                        self.bot.name, claim.name.split(":", 1)[1][:40])
+            logger.info(
+                "callback for %s: nonce %r came again with the same message, answered as a re-delivery",
+                self.bot.name,
+                claim.name.split(":", 1)[1][:40],
+            )
             return
         self.claimed_nonce = claim.name

@@ -24,8 +24,10 @@ def outbox_inserts_held() -> Iterator[Callable[[], int]]:
 
         def waiting() -> int:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                               "AND wait_event_type = 'Lock' AND query LIKE 'INSERT%%'")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT%%'"
+                )
                 return cursor.fetchone()[0]
 
         yield waiting

@@ -36,9 +36,12 @@ def web(bot, tmp_path) -> Iterator[Gunicorn]:
 def callbacks(web: Gunicorn) -> dict[str, float]:
     """switchboard_callbacks_total for wecom by outcome, as gunicorn's /metrics reports it."""
     body = httpx.get(f"{web.url}/metrics", timeout=5).text
-    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(body)
-            for sample in family.samples
-            if sample.name == "switchboard_callbacks_total" and sample.labels.get("platform") == "wecom"}
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "switchboard_callbacks_total" and sample.labels.get("platform") == "wecom"
+    }
 
 
 def callback_log(web: Gunicorn) -> list[dict]:
@@ -55,8 +58,11 @@ def callback_log(web: Gunicorn) -> list[dict]:
 def answered_once(wecom, msg_id: str, text: str) -> None:
     [sent] = wecom.wait_for(r"/message/send", 1)
     assert sent.json()["text"]["content"] == f"[m1] {text} (history=0)"
-    wait_until(lambda: InboundMessage.objects.get(platform_message_id=msg_id).status == MessageStatus.REPLIED,
-               timeout=20, what="message replied")
+    wait_until(
+        lambda: InboundMessage.objects.get(platform_message_id=msg_id).status == MessageStatus.REPLIED,
+        timeout=20,
+        what="message replied",
+    )
     time.sleep(1.0)  # room for a wrong second reply to arrive
     assert len(wecom.received(r"/message/send")) == 1
     assert InboundMessage.objects.filter(platform_message_id=msg_id).count() == 1
@@ -74,7 +80,8 @@ def test_the_copy_of_a_recorded_request_gets_the_normal_answer_and_no_second_rep
     assert after.get("accepted", 0) == before.get("accepted", 0) + 1
     assert after.get("redelivered", 0) == before.get("redelivered", 0) + 1
     assert [(r["level"], "came again with the same message" in r["message"]) for r in callback_log(web)] == [
-        ("INFO", True)]
+        ("INFO", True)
+    ]
 
 
 def test_a_copy_sent_while_the_first_waits_for_the_database_gets_the_normal_answer(bot, wecom, web, celery_worker):
@@ -86,8 +93,9 @@ def test_a_copy_sent_while_the_first_waits_for_the_database_gets_the_normal_answ
     with ThreadPoolExecutor(2) as pool:
         with outbox_inserts_held() as waiting:
             first = pool.submit(post, web.url, *request)
-            wait_until(lambda: waiting() == 1, timeout=10, what="the first request waiting at its INSERT",
-                       interval=0.05)
+            wait_until(
+                lambda: waiting() == 1, timeout=10, what="the first request waiting at its INSERT", interval=0.05
+            )
             again = pool.submit(post, web.url, *request)  # WeCom's copy, on the other worker
             wait_until(lambda: waiting() == 2, timeout=10, what="the copy waiting at its INSERT", interval=0.05)
         responses = [first.result(timeout=10), again.result(timeout=10)]
