@@ -148,7 +148,7 @@ class FeishuAdapter(Adapter):
     def verify(self, request: HttpRequest) -> None:
         body = _json_object(request.body, "the body")
         encrypt_key = str(self.bot.encoding_aes_key or "")
-        # The event as sent: an encrypted one is the same event when encrypted anew.
+        # What the nonce stays with: the event itself (encrypted anew, it is still the same).
         event_text: bytes | str = request.body
         if "encrypt" in body:
             if not encrypt_key:
