@@ -7,6 +7,7 @@ decoded (a decrypted payload) for `parse` to use.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
@@ -20,10 +21,12 @@ from channels_app import replay
 from channels_app.errors import ReplayedRequest, StaleRequest
 from channels_app.message import OutboundReply, ParsedMessage
 
+logger = logging.getLogger("switchboard.callbacks")
 
-def nonce_already_used(key: str) -> ReplayedRequest:
-    """The refusal for a nonce claim (key `<bot uuid>:<nonce>`) that was already taken."""
-    return ReplayedRequest(f"nonce {key.split(':', 1)[1][:40]!r} was already used")
+
+def nonce_already_used(name: str) -> ReplayedRequest:
+    """The refusal for a nonce claim (`<bot uuid>:<nonce>`) taken by another message."""
+    return ReplayedRequest(f"nonce {name.split(':', 1)[1][:40]!r} was already used for another message")
 
 
 class Adapter(ABC):
@@ -43,7 +46,9 @@ class Adapter(ABC):
         self.claimed_nonce: str | None = None
         #: set by the callback view when it can claim a nonce together with the hand-off
         self.may_defer_nonce = False
-        self.deferred_nonce: str | None = None
+        self.deferred_nonce: replay.NonceClaim | None = None
+        #: the nonce came before with the same message: the platform sent this again
+        self.redelivered = False
 
     # -- inbound -----------------------------------------------------------------------
 
@@ -84,33 +89,58 @@ class Adapter(ABC):
 
     # -- shared checks -----------------------------------------------------------------
 
-    def check_timestamp(self, timestamp_seconds: float) -> None:
+    def check_timestamp(self, timestamp_seconds: float) -> float:
+        """Refuse a timestamp farther than CALLBACK_TIMESTAMP_WINDOW from our clock.
+        Returns until when it passes: its nonce must be remembered that long, up to
+        twice the window for a request signed ahead of our clock."""
         window = settings.CALLBACK_TIMESTAMP_WINDOW
         skew = abs(time.time() - timestamp_seconds)
         if skew > window:
             raise StaleRequest(f"timestamp is {skew:.0f} s away from our clock (window {window} s)")
+        return timestamp_seconds + window
 
-    def claim_nonce(self, nonce: str, *, signature_covers_message: bool = False) -> None:
-        """Refuse a nonce seen within the timestamp window. The view releases the claim
-        if the request then fails, so the platform's retry of it is not refused.
+    def claim_nonce(
+        self, nonce: str, message: bytes | str, valid_until: float, *, signature_covers_message: bool = False
+    ) -> None:
+        """Claim a nonce for this request's message until its timestamp stops passing
+        (`valid_until`, from check_timestamp). The nonce with another message is a
+        replay (ReplayedRequest); with the same message it is the platform sending the
+        request again, let through to be answered as usual. The view releases a new
+        claim if the request then fails, so the platform's retry is not refused.
+
+        message: what the nonce must stay with. Where the signature covers the message,
+        the message as signed, decrypted where it is encrypted (a copy encrypted anew is
+        the same message; a part outside the signature can be changed by anyone on the
+        way); the whole body where nothing of it is signed.
 
         signature_covers_message: the signature just checked covers the message itself,
         so a replay can only repeat a message and its id. The view may then claim the
         nonce in the same Redis round trip as the hand-off, after the INSERT, instead of
         now (docs/performance.md); it claims it alone wherever no hand-off follows."""
-        key = f"{self.bot.uuid}:{nonce}"
+        claim = replay.NonceClaim.of(f"{self.bot.uuid}:{nonce}", message, valid_until)
         if signature_covers_message and self.may_defer_nonce:
-            self.deferred_nonce = key
+            self.deferred_nonce = claim
             return
-        self._claim(key)
+        self.settle_claim(claim, replay.claim(claim))
 
     def claim_deferred_nonce(self) -> None:
         """Claim, alone, the nonce whose claim was deferred (none: nothing to do)."""
-        key, self.deferred_nonce = self.deferred_nonce, None
-        if key is not None:
-            self._claim(key)
+        claim, self.deferred_nonce = self.deferred_nonce, None
+        if claim is not None:
+            self.settle_claim(claim, replay.claim(claim))
 
-    def _claim(self, key: str) -> None:
-        if not replay.claim(key, settings.CALLBACK_TIMESTAMP_WINDOW):
-            raise nonce_already_used(key)
-        self.claimed_nonce = key
+    def settle_claim(self, claim: replay.NonceClaim, outcome: replay.Claim) -> None:
+        """Act on what the nonce cache answered: keep a new claim (for the view to
+        release), let a re-delivery through, refuse a replay."""
+        if outcome is replay.Claim.OTHER_MESSAGE:
+            raise nonce_already_used(claim.name)
+        if outcome is replay.Claim.SAME_MESSAGE:
+            # Not ours to release: the request that made the claim may still be running.
+            self.redelivered = True
+            logger.info(
+                "callback for %s: nonce %r came again with the same message, answered as a re-delivery",
+                self.bot.name,
+                claim.name.split(":", 1)[1][:40],
+            )
+            return
+        self.claimed_nonce = claim.name

@@ -12,12 +12,14 @@ the publish signals, which Switchboard does not use.
 
 One broker connection per process, opened on first use; dropped after any error so the
 next callback connects afresh. On the Redis broker the publish can carry the callback's
-replay-check claim (a SET NX) in the same round trip.
+replay-check claim (a small script: SET NX, or the fingerprint already there) in the same
+round trip.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.conf import settings
 from kombu import uuid
@@ -71,11 +73,12 @@ def can_claim_nonces() -> bool:
             and settings.CELERY_BROKER_URL == settings.CACHES["default"]["LOCATION"])
 
 
-def publish(task, args: tuple, claim: tuple[str, int] | None = None) -> bool:
-    """Queue task(*args) on the default queue. claim: (Redis key, TTL) to SET NX in the
-    same round trip (only where can_claim_nonces()); whether it was new, True without
-    one. The task is queued either way. Raises what the broker raises (the caller
-    leaves the message to the sweeper)."""
+def publish(task, args: tuple, along: tuple | None = None) -> Any:
+    """Queue task(*args) on the default queue. along: one Redis command (the callback's
+    replay-check claim, channels_app/replay.py) to send in the same round trip, before
+    the task (only where can_claim_nonces()); its reply, None without one. The task is
+    queued either way. Raises what the broker raises (the caller leaves the message to
+    the sweeper)."""
     message = app.amqp.as_task_v2(
         uuid(), task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
         ignore_result=task.ignore_result, reply_to=app.thread_oid,
@@ -89,14 +92,13 @@ def publish(task, args: tuple, claim: tuple[str, int] | None = None) -> bool:
             queue = _queue
             if not isinstance(channel, broker.Channel):  # another transport: kombu's own publish
                 channel.basic_publish(prepared, exchange="", routing_key=queue)
-                return True
+                return None
             batch = channel.batch()
-            if claim is not None:
-                key, ttl = claim
-                batch.add("set", key, 1, "NX", "EX", max(ttl, 1))
+            if along is not None:
+                batch.add(*along)
             channel.basic_publish(prepared, exchange="", routing_key=queue, _publish_batch=batch)
             replies = batch.execute()
-            return claim is None or replies[0] is not None
+            return replies[0] if along is not None else None
         except Exception:
             _forget_connection()
             raise

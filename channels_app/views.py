@@ -23,8 +23,8 @@ from prometheus_client import Counter, Histogram
 from bots.models import Bot
 from bots.validators import ip_in_cidrs
 from channels_app import handoff, replay
-from channels_app.base import Adapter, nonce_already_used
-from channels_app.errors import CallbackError
+from channels_app.base import Adapter
+from channels_app.errors import CallbackError, ReplayedRequest
 from channels_app.message import ParsedMessage
 from channels_app.models import InboundMessage
 from channels_app.registry import adapter_for
@@ -64,28 +64,29 @@ def _enqueue(message_id: int, acked_ms: float, adapter: Adapter | None = None) -
     the same round trip and undo the row of a replayed request (ReplayedRequest)."""
     from routing.tasks import handle_message
 
-    nonce = adapter.deferred_nonce if adapter is not None else None
+    claim = adapter.deferred_nonce if adapter is not None else None
     try:
-        if nonce is None:
+        if claim is None:
             handoff.publish(handle_message, (message_id, acked_ms))
             return
         adapter.deferred_nonce = None
-        fresh = handoff.publish(handle_message, (message_id, acked_ms),
-                                claim=(replay.key(nonce), settings.CALLBACK_TIMESTAMP_WINDOW))
+        reply = handoff.publish(handle_message, (message_id, acked_ms), along=claim.command())
     except Exception as exc:  # broker down: the row is safe; the sweeper queues it later
         ENQUEUE_FAILED.inc()
         logger.error("message %s recorded but not queued (%s); the outbox sweeper will retry", message_id, exc)
-        if nonce is not None:
+        if claim is not None:
             replay.unavailable(exc)
         return
-    if fresh:
-        adapter.claimed_nonce = nonce
-        return
-    # Only a platform reusing a nonce for another message can get here: the signature
-    # covers the message, so a replay repeats its id and meets the unique constraint.
-    # The row goes; the task just queued finds nothing to claim.
-    InboundMessage.objects.filter(pk=message_id).delete()
-    raise nonce_already_used(nonce)
+    try:
+        # The same message already under this nonce: a copy of this request, sent again
+        # while this one ran, found the row and claimed the nonce first; the row is ours.
+        adapter.settle_claim(claim, claim.outcome(reply))
+    except ReplayedRequest:
+        # Only a platform reusing a nonce for another message can get here: the signature
+        # covers the message, so a replay repeats its id and meets the unique constraint.
+        # The row goes; the task just queued finds nothing to claim.
+        InboundMessage.objects.filter(pk=message_id).delete()
+        raise
 
 
 def _database_unavailable(platform: str, exc: DatabaseError) -> HttpResponse:
@@ -238,7 +239,7 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
         else:
             outcome = "duplicate"
         # Where no hand-off took the replay-check claim along (nothing queued, or a
-        # duplicate: a replay of a recorded message is still refused as one), it goes alone.
+        # duplicate: a nonce reused for another message is still refused), it goes alone.
         adapter.claim_deferred_nonce()
         # A re-delivery waits again too: the platform re-delivers because it is still
         # waiting for the answer.
@@ -246,6 +247,8 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
         answered_in_response = response is not None
         if response is None:
             response = adapter.ack(request, message)
+        if adapter.redelivered and outcome != "accepted":
+            outcome = "redelivered"  # the very same request again, answered as the first was
     except Exception as exc:
         # Refused or failed, the platform may deliver this request again (after a 503, or
         # a sender bug fixed): its retry must not be refused as a replay.

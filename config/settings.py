@@ -329,7 +329,7 @@ CELERY_IMPORTS = ("config.heartbeat", "config.jsonlog")
 
 # Limits of the callback path.
 CALLBACK_MAX_BODY_BYTES = env_int("CALLBACK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
-# How far a callback's timestamp may be from our clock, and how long nonces are kept.
+# How far a callback's timestamp may be from our clock; a nonce is kept until its timestamp leaves it.
 CALLBACK_TIMESTAMP_WINDOW = env_int("CALLBACK_TIMESTAMP_WINDOW", 300, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CALLBACK_MAX_BODY_BYTES
 

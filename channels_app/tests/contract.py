@@ -1,9 +1,11 @@
-"""The contract every platform adapter passes (channels_app/tests/test_contract.py).
+"""The contract every platform adapter passes (channels_app/tests/test_contract.py and,
+for the nonce check, test_contract_nonces.py).
 
 Each adapter folder ships `tests/contract.py` with a `KIT`: what the shared contract
 tests need to talk to that platform — a bot with valid credentials pointed at the
-platform's fake, signed deliveries of a p2p text message, a forgery of one, the
-URL-verification handshake (if the platform has one), and what the fake received.
+platform's fake, signed deliveries of a p2p text message (signed at a chosen time), a
+forgery of one, another message under one's nonce, the URL-verification handshake (if
+the platform has one), and what the fake received.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
+from urllib.parse import parse_qsl
 
 from django.http import HttpResponse
 from django.test import Client
@@ -37,6 +41,11 @@ class Request:
     def with_headers(self, changes: dict[str, str] | None = None, /, **more: str) -> Request:
         """A copy with headers added or replaced; any name (even "self") fits the dict."""
         return replace(self, headers={**self.headers, **(changes or {}), **more})
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters."""
+        return dict(parse_qsl(self.path.partition("?")[2]))
 
 
 def from_headers(method: str, path: str, headers: dict[str, str], body: bytes) -> Request:
@@ -67,6 +76,11 @@ class ContractKit(ABC):
     """What one platform provides to the contract tests."""
 
     platform: str
+    #: the adapter claims a nonce per request (a signature standing in for one counts);
+    #: False where requests carry none (Telegram: the update id alone drops repeats)
+    claims_nonces: ClassVar[bool] = True
+    #: the request's timestamp is held to CALLBACK_TIMESTAMP_WINDOW (DingTalk has its own hour)
+    uses_timestamp_window: ClassVar[bool] = True
 
     @abstractmethod
     def fake_api(self) -> FakeServer:
@@ -86,10 +100,18 @@ class ContractKit(ABC):
         """A saved, enabled bot whose credentials the fake accepts, sending to fake_api_url."""
 
     @abstractmethod
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
         """A signed, valid delivery of a p2p text message. A later `delivery` of the same
         msg_id is the platform's re-delivery: freshly signed (new nonce or timestamp)
-        where the platform does that."""
+        where the platform does that. signed_at: the request's timestamp (epoch seconds;
+        ignored where the platform sends none)."""
+
+    def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request | None:
+        """Another text message under the nonce and timestamp of `request`, signed as the
+        platform would (or as a replayer could, where the signature leaves the body out).
+        None where the nonce is the signature itself, so no other message can carry it."""
+        return None
 
     @abstractmethod
     def forge(self, request: Request) -> Request:

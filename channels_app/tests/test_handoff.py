@@ -40,7 +40,7 @@ def queue():
 def test_the_message_is_the_one_delay_would_send(queue):
     client, name = queue
     handle_message.delay(41, 2.5)
-    assert handoff.publish(handle_message, (42, 3.5)) is True
+    assert handoff.publish(handle_message, (42, 3.5)) is None
     ours, celerys = (decode_task_message(raw) for raw in client.lrange(name, 0, -1))  # newest first
     assert ours["properties"]["correlation_id"] == ours["headers"]["id"] != celerys["headers"]["id"]
     assert ours["body"][0] == [42, 3.5] and celerys["body"][0] == [41, 2.5]
@@ -80,18 +80,27 @@ def test_after_the_broker_is_lost_the_next_publish_connects_again(private_broker
     assert queued_args(private_broker.client()) == [[3, None]]
 
 
-def test_a_claim_rides_along_and_says_whether_the_key_was_new(queue):
+def claim(message: bytes, name: str | None = None) -> replay.NonceClaim:
+    return replay.NonceClaim.of(name or f"handoff-test:{uuid.uuid4()}", message, time.time() + 59)
+
+
+def test_a_claim_rides_along_and_its_reply_says_what_the_key_held(queue):
     client, _ = queue
-    key = replay.key(f"handoff-test:{uuid.uuid4()}")
+    first = claim(b"message")
+    again, other = claim(b"message", first.name), claim(b"another message", first.name)
     try:
         assert handoff.can_claim_nonces()  # the default: broker and cache on the same Redis
-        assert handoff.publish(handle_message, (1, None), claim=(key, 60)) is True
-        assert handoff.publish(handle_message, (2, None), claim=(key, 60)) is False
-        assert 0 < client.ttl(key) <= 60
+        assert first.outcome(handoff.publish(handle_message, (1, None), along=first.command())) is replay.Claim.NEW
+        reply = handoff.publish(handle_message, (2, None), along=again.command())
+        assert again.outcome(reply) is replay.Claim.SAME_MESSAGE
+        reply = handoff.publish(handle_message, (3, None), along=other.command())
+        assert other.outcome(reply) is replay.Claim.OTHER_MESSAGE
+        assert 0 < client.ttl(first.key) <= 60
+        assert client.get(first.key).decode() == first.fingerprint  # the first message's, kept
         # Queued either way: the caller undoes the row of a replay, the task finds nothing.
-        assert queued_args(client) == [[2, None], [1, None]]
+        assert queued_args(client) == [[3, None], [2, None], [1, None]]
     finally:
-        client.delete(key)
+        client.delete(first.key)
 
 
 def test_no_claim_rides_along_when_the_broker_is_another_redis(settings):
@@ -131,17 +140,18 @@ def test_a_refused_publish_raises_and_the_next_one_is_unaffected(queue):
     """The queue's key holding a string: Redis refuses the LPUSH. The caller must hear it
     (it logs the failure and leaves the row to the sweeper), and the next publish works."""
     client, name = queue
-    first, second = (replay.key(f"handoff-test:{uuid.uuid4()}") for _ in range(2))
+    first, second = claim(b"first"), claim(b"second")
     try:
         client.set(name, "not a list")
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            handoff.publish(handle_message, (1, None), claim=(first, 60))
+            handoff.publish(handle_message, (1, None), along=first.command())
         client.delete(name)
-        assert handoff.publish(handle_message, (2, None), claim=(second, 60)) is True
-        assert handoff.publish(handle_message, (3, None), claim=(second, 60)) is False
+        assert second.outcome(handoff.publish(handle_message, (2, None), along=second.command())) is replay.Claim.NEW
+        reply = handoff.publish(handle_message, (3, None), along=second.command())
+        assert second.outcome(reply) is replay.Claim.SAME_MESSAGE
         assert queued_args(client) == [[3, None], [2, None]]
     finally:
-        client.delete(first, second)
+        client.delete(first.key, second.key)
 
 
 def test_a_batch_that_fails_midway_leaves_no_reply_for_the_next_batch(queue):

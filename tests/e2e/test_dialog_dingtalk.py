@@ -66,7 +66,10 @@ def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_callbacks_non
     assert reply.path == "/robot/sendBySession"
     assert reply.json() == {"msgtype": "text", "text": {"content": "[m1] hello (history=0)"}}
 
-    assert post(client, bot, headers, body).status_code == 409  # a replay of the same request
+    assert post(client, bot, headers, body).status_code == 200  # the same request again: a re-delivery
+    forged = json.loads(body)
+    forged["text"]["content"] = "another question"
+    assert post(client, bot, headers, json.dumps(forged).encode()).status_code == 409  # its headers, another body
     assert post(client, bot, *callback(dingtalk, "msg-e2e-2", "forged", secret="guessed")).status_code == 401
     time.sleep(1.0)  # room for a wrong second reply to arrive
     assert len(dingtalk.received(SENT)) == 1

@@ -23,9 +23,11 @@ from tests.processes import free_port, process_env, start_group, stop_group, wai
 
 
 class Gunicorn:
-    """gunicorn config.wsgi (one sync worker) on tests.settings, in its own process group."""
+    """gunicorn config.wsgi (sync workers, one unless told) on tests.settings, in its own
+    process group."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, workers: int = 1, **env: str) -> None:
+        self.workers = workers
         self.port = free_port()
         self.env = {"DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url_for_subprocess(), **env}
         self.log = Path(tempfile.mkstemp(prefix="gunicorn-fault-", suffix=".log")[1])
@@ -37,7 +39,7 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         self.process = start_group(
-            ["gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
+            ["gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
              "--worker-class", "sync", "--no-control-socket"],
             process_env(**self.env), self.log,
         )

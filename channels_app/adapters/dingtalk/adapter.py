@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import time
 
@@ -27,9 +26,8 @@ import httpx
 from django.http import HttpRequest
 
 from bots.models import Bot
-from channels_app import replay
 from channels_app.base import Adapter
-from channels_app.errors import MalformedRequest, ReplayedRequest, SignatureInvalid, StaleRequest, TransportError
+from channels_app.errors import MalformedRequest, SignatureInvalid, StaleRequest, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
 from channels_app.tokens import forget_token, get_token
@@ -143,18 +141,12 @@ class DingTalkAdapter(Adapter):
         skew = abs(time.time() - signed_at)
         if skew > SIGNATURE_WINDOW_SECONDS:
             raise StaleRequest(f"timestamp is {skew:.0f} s away from our clock (DingTalk allows an hour)")
-        self._claim_signature(timestamp, given, valid_until=signed_at + SIGNATURE_WINDOW_SECONDS)
+        # Each signed timestamp is accepted with one body, and remembered for as long as it
+        # would pass the window check: up to two hours for one ahead of our clock (not
+        # CALLBACK_TIMESTAMP_WINDOW). The sign covers only the timestamp, so the claim
+        # is made now, never deferred: captured headers must not carry another body.
+        self.claim_nonce(f"sign:{timestamp}:{given}", request.body, signed_at + SIGNATURE_WINDOW_SECONDS)
         self.payload = _json_object(request.body)
-
-    def _claim_signature(self, timestamp: str, sign: str, valid_until: float) -> None:
-        """Accept each signed timestamp once, and remember it for as long as it would pass
-        the window check: up to two hours for a timestamp ahead of our clock. The base
-        class's claim_nonce keeps nonces for CALLBACK_TIMESTAMP_WINDOW (5 min by default);
-        a pair replayed after that with a body of the replayer's choosing would pass."""
-        key = f"{self.bot.uuid}:sign:{timestamp}:{sign}"
-        if not replay.claim(key, math.ceil(valid_until - time.time()) + 1):
-            raise ReplayedRequest(f"the signature of timestamp {timestamp} was already used")
-        self.claimed_nonce = key
 
     def parse(self, request: HttpRequest) -> ParsedMessage | None:
         payload = self.payload

@@ -148,6 +148,8 @@ class FeishuAdapter(Adapter):
     def verify(self, request: HttpRequest) -> None:
         body = _json_object(request.body, "the body")
         encrypt_key = str(self.bot.encoding_aes_key or "")
+        # What the nonce stays with: the event itself (encrypted anew, it is still the same).
+        event_text: bytes | str = request.body
         if "encrypt" in body:
             if not encrypt_key:
                 raise MalformedRequest(
@@ -155,7 +157,8 @@ class FeishuAdapter(Adapter):
                     "Event Subscriptions page into the bot's EncodingAESKey field"
                 )
             try:
-                payload = _json_object(crypto.decrypt(body["encrypt"], encrypt_key), "the decrypted body")
+                event_text = crypto.decrypt(body["encrypt"], encrypt_key)
+                payload = _json_object(event_text, "the decrypted body")
             except (crypto.DecryptError, MalformedRequest) as exc:
                 raise SignatureInvalid(f"cannot decrypt with this bot's Encrypt Key: {exc}") from exc
         else:
@@ -171,10 +174,10 @@ class FeishuAdapter(Adapter):
 
         # A challenge is not replay-checked: answering it twice does nothing.
         if signed_at is not None:
-            self.check_timestamp(_as_int(signed_at, "X-Lark-Request-Timestamp"))
-            self.claim_nonce(signed_nonce, signature_covers_message=True)
+            valid_until = self.check_timestamp(_as_int(signed_at, "X-Lark-Request-Timestamp"))
+            self.claim_nonce(signed_nonce, event_text, valid_until, signature_covers_message=True)
         elif not is_url_verification:
-            self._check_unsigned_freshness(payload)
+            self._check_unsigned_freshness(payload, request.body)
         self.payload = payload
 
     def _check_signature(self, request: HttpRequest, encrypt_key: str) -> tuple[str, str]:
@@ -207,9 +210,10 @@ class FeishuAdapter(Adapter):
         if not _same_secret(given, expected):
             raise SignatureInvalid("the Verification Token does not match the bot's Token field")
 
-    def _check_unsigned_freshness(self, payload: dict) -> None:
+    def _check_unsigned_freshness(self, payload: dict, body: bytes) -> None:
         """Without an Encrypt Key there are no signed timestamp and nonce headers, so the
-        event's own creation time and id stand in for them."""
+        event's own creation time and id stand in for them (nothing is signed: the id
+        stays with the body it came with, and another body under it is refused)."""
         header = payload.get("header")
         if isinstance(header, dict):  # v2: create_time in milliseconds
             event_id = header.get("event_id")
@@ -224,8 +228,7 @@ class FeishuAdapter(Adapter):
             raise MalformedRequest("neither a v2 event (header) nor a v1 event (uuid)")
         if not isinstance(event_id, str) or not event_id:
             raise MalformedRequest("the event has no id")
-        self.check_timestamp(created)
-        self.claim_nonce(f"event:{event_id}")
+        self.claim_nonce(f"event:{event_id}", body, self.check_timestamp(created))
 
     def handshake(self, request: HttpRequest) -> HttpResponse | None:
         if self.payload.get("type") != URL_VERIFICATION:

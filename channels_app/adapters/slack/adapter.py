@@ -123,10 +123,10 @@ class SlackAdapter(Adapter):
         # Bytes, because compare_digest refuses non-ASCII str and the header is the caller's.
         if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
             raise SignatureInvalid("X-Slack-Signature does not match: the bot's Signing Secret differs from Slack's")
-        self.check_timestamp(int(timestamp))
-        # The signature covers the timestamp, so a retry (newly signed) is not a replay;
-        # the very same request sent again is.
-        self.claim_nonce(f"sig:{given}", signature_covers_message=True)
+        valid_until = self.check_timestamp(int(timestamp))
+        # The signature covers the timestamp and the body: the very same request sent
+        # again is a re-delivery (Slack's retries are signed anew), never a new message.
+        self.claim_nonce(f"sig:{given}", request.body, valid_until, signature_covers_message=True)
         try:
             payload = json.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:

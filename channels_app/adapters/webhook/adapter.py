@@ -128,8 +128,8 @@ class WebhookAdapter(Adapter):
             raise SignatureInvalid(
                 f"{SIGNATURE_HEADER} does not match: sign \"<timestamp>.<raw body>\" with the bot's secret"
             )
-        self.check_timestamp(int(timestamp))
-        self.claim_nonce(f"sig:{given}", signature_covers_message=True)
+        valid_until = self.check_timestamp(int(timestamp))
+        self.claim_nonce(f"sig:{given}", request.body, valid_until, signature_covers_message=True)
         try:
             payload = json.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:

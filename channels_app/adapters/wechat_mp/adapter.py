@@ -51,7 +51,6 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django_redis import get_redis_connection
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -71,7 +70,7 @@ from channels_app.crypto import (
     signature_matches,
 )
 from channels_app.crypto.callback import TIMESTAMP, bot_crypt, decrypt_for_bot, query_params, xml_fields
-from channels_app.errors import MalformedRequest, ReplayedRequest, SignatureInvalid, TransportError
+from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.models import InboundMessage, MessageStatus
 from channels_app.outbound import split_reply
@@ -200,9 +199,13 @@ class WeChatMPAdapter(Adapter):
             if not signature_matches(params["msg_signature"], str(self.bot.token), params["timestamp"],
                                      params["nonce"], encrypted):
                 raise SignatureInvalid("msg_signature does not match: the Token in WeChat and in Switchboard differ")
-            self.check_timestamp(int(params["timestamp"]))
-            self._fields = xml_fields(decrypt_for_bot(self.bot, encrypted), "decrypted message")
+            valid_until = self.check_timestamp(int(params["timestamp"]))
+            decrypted = decrypt_for_bot(self.bot, encrypted)
+            self._fields = xml_fields(decrypted, "decrypted message")
             self._encrypted = True
+            # The signature covers the ciphertext, not the plaintext fields compatible
+            # mode puts next to it: the nonce stays with the message it encrypts.
+            nonce_message, signed = decrypted, True
         elif encrypt_type == "raw":
             if str(self.bot.encoding_aes_key):
                 raise SignatureInvalid(
@@ -211,8 +214,9 @@ class WeChatMPAdapter(Adapter):
                 )
             self._require(params, "signature", "timestamp", "nonce")
             self._check_url_signature(params)
-            self.check_timestamp(int(params["timestamp"]))
+            valid_until = self.check_timestamp(int(params["timestamp"]))
             self._fields = xml_fields(request.body, "request body")
+            nonce_message, signed = request.body, False  # plaintext mode signs no part of the body
         else:
             raise MalformedRequest(f"encrypt_type {encrypt_type[:20]!r} is neither aes nor raw")
         if self._fields.get("MsgType") == "text":
@@ -220,29 +224,11 @@ class WeChatMPAdapter(Adapter):
             if missing:
                 raise MalformedRequest(f"text message without {', '.join(missing)}")
         # Claimed last, so a request refused for another reason never holds the nonce.
-        self._claim_nonce(params["nonce"], request.body)
-
-    def _claim_nonce(self, nonce: str, body: bytes) -> None:
-        """Refuse a nonce seen within the timestamp window with another body. Unlike
-        Adapter.claim_nonce, the same body under the same nonce passes: WeChat may
-        re-deliver a request unchanged when it timed out, and passive mode relies on
-        those re-deliveries. A replay of the same body is a duplicate MsgId (recorded
-        once, waited for at most WECHAT_DELIVERIES times); a captured plaintext-mode
-        query with a forged body is refused."""
-        key = f"{settings.CACHES['default']['KEY_PREFIX']}:wxmp:{self.bot.uuid}:nonce:{nonce}"
-        fingerprint = hashlib.sha256(body).hexdigest()
-        try:
-            redis = get_redis_connection("default")
-            if redis.set(key, fingerprint, nx=True, ex=settings.CALLBACK_TIMESTAMP_WINDOW):
-                return
-            seen = redis.get(key)
-        except RedisError as exc:
-            # As replay.claim: signature and timestamp still hold, the unique MsgId still
-            # drops duplicates; Redis being down must not stop the account's traffic.
-            logger.warning("nonce cache unavailable, accepting without replay check: %s", exc)
-            return
-        if seen is not None and seen.decode() != fingerprint:
-            raise ReplayedRequest(f"nonce {nonce[:40]!r} was already used for another body")
+        # WeChat delivers a timed-out request again unchanged (passive mode relies on it):
+        # the same body under the same nonce passes, as a duplicate MsgId (recorded once,
+        # waited for at most WECHAT_DELIVERIES times); a captured plaintext-mode query
+        # with a forged body is refused.
+        self.claim_nonce(params["nonce"], nonce_message, valid_until, signature_covers_message=signed)
 
     def handshake(self, request: HttpRequest) -> HttpResponse | None:
         if self._echo is None:

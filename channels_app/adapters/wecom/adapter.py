@@ -93,10 +93,12 @@ class WeComAdapter(Adapter):
         if not encrypted:
             raise MalformedRequest("request body has no Encrypt element")
         self._check_signature(params, encrypted)
-        self.check_timestamp(int(params["timestamp"]))
+        valid_until = self.check_timestamp(int(params["timestamp"]))
         self._plaintext = decrypt_for_bot(self.bot, encrypted)
         # Claimed last, so a request refused for another reason never holds the nonce.
-        self.claim_nonce(params["nonce"], signature_covers_message=True)
+        # With the message, not its ciphertext: WeCom sends a late-answered request again
+        # unchanged, and the same message encrypted anew would still be the same.
+        self.claim_nonce(params["nonce"], self._plaintext, valid_until, signature_covers_message=True)
 
     def handshake(self, request: HttpRequest) -> HttpResponse | None:
         if self._echo is None:

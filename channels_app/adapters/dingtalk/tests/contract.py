@@ -3,7 +3,9 @@ DingTalk has no URL verification: a robot's callback URL is saved without one.""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Request, flip, from_headers
@@ -17,6 +19,7 @@ STAFF_ID = "manager4220"
 
 class DingTalkKit(ContractKit):
     platform = "dingtalk"
+    uses_timestamp_window = False  # the signature's own hour
 
     def fake_api(self) -> FakeDingTalk:
         fake = FakeDingTalk()
@@ -29,15 +32,22 @@ class DingTalkKit(ContractKit):
             api_base_url=fake_api_url,
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
+        # DingTalk signs the millisecond timestamp: a re-delivery carries a later one.
+        timestamp = signed_at * 1000 if signed_at is not None else int(time.time() * 1000) - 10_000 + delivery
+        return from_headers("POST", bot.callback_path, *dingtalk_callback(self._message(msg_id, text), APP_SECRET,
+                                                                          timestamp))
+
+    def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
+        # The sign covers only the timestamp: captured headers can carry any body.
+        return replace(request, body=json.dumps(self._message(msg_id, text)).encode())
+
+    def _message(self, msg_id: str, text: str) -> dict:
         # The callback carries a sessionWebhook the fake issued (on the bot's API base).
         assert self.fake is not None, "DingTalkKit.text_message needs the running fake (kit.running())"
-        message = dingtalk_message(text, msg_id=f"msg{msg_id}", conversation_id=CONVERSATION,
-                                   sender_staff_id=STAFF_ID, robot_code=APP_KEY,
-                                   session=self.fake.open_session(CONVERSATION))
-        # DingTalk signs the millisecond timestamp: a re-delivery carries a later one.
-        timestamp = int(time.time() * 1000) - 10_000 + delivery
-        return from_headers("POST", bot.callback_path, *dingtalk_callback(message, APP_SECRET, timestamp))
+        return dingtalk_message(text, msg_id=f"msg{msg_id}", conversation_id=CONVERSATION, sender_staff_id=STAFF_ID,
+                                robot_code=APP_KEY, session=self.fake.open_session(CONVERSATION))
 
     def platform_message_id(self, msg_id: str) -> str:
         return f"msg{msg_id}"

@@ -37,11 +37,12 @@ class SlackKit(ContractKit):
     def platform_message_id(self, msg_id: str) -> str:
         return f"{CHANNEL}:{self._ts(msg_id)}"
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
         event = slack_event("message", CHANNEL, USER, text, ts=self._ts(msg_id), channel_type="im",
                             event_id=f"Ev{msg_id}")
         # Slack's retry repeats the event, signed anew with its own timestamp.
-        timestamp = int(time.time()) - 10 + delivery
+        timestamp = signed_at if signed_at is not None else int(time.time()) - 10 + delivery
         retry = delivery - 1 if delivery > 1 else None
         return from_headers("POST", bot.callback_path, *slack_callback(event, SIGNING_SECRET, timestamp, retry))
 

@@ -15,6 +15,9 @@ CHAT_ID = 222222222
 
 class TelegramKit(ContractKit):
     platform = "telegram"
+    # No nonce, no timestamp: Telegram's repeat of an update is byte for byte the same.
+    claims_nonces = False
+    uses_timestamp_window = False
 
     def fake_api(self) -> FakeTelegram:
         fake = FakeTelegram()
@@ -34,7 +37,8 @@ class TelegramKit(ContractKit):
     def platform_message_id(self, msg_id: str) -> str:
         return f"{CHAT_ID}:{self._message_id(msg_id)}"
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
         # Telegram re-delivers the very same update (same update_id) until it gets a 2xx.
         update = telegram_update(text, chat_id=CHAT_ID, user_id=CHAT_ID, message_id=self._message_id(msg_id),
                                  update_id=self._message_id(msg_id))

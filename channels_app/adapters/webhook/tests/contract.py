@@ -26,9 +26,10 @@ class WebhookKit(ContractKit):
             extra={"outbound_url": fake_api_url + REPLY_PATH},
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
         # The integrator's retry repeats the message, signed anew with its own timestamp.
-        timestamp = int(time.time()) - 10 + delivery
+        timestamp = signed_at if signed_at is not None else int(time.time()) - 10 + delivery
         message = webhook_message(msg_id, CONVERSATION, USER, text)
         return from_headers("POST", bot.callback_path, *webhook_callback(message, SECRET, timestamp))
 

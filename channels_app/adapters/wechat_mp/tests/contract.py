@@ -4,7 +4,7 @@ so replies go out through message/custom/send."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip
@@ -36,18 +36,25 @@ class WeChatMPKit(ContractKit):
             api_base_url=fake_api_url,
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
+                     signed_at: int | None = None) -> Request:
         # Every delivery is encrypted anew under a fresh nonce.
-        query, body = mp_encrypted_callback(bot, mp_text_xml(OPENID, text, msg_id))
+        return self._post(bot, msg_id, text, signed_at, nonce=None)
+
+    def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
+        return self._post(bot, msg_id, text, int(request.query["timestamp"]), request.query["nonce"])
+
+    @staticmethod
+    def _post(bot: Bot, msg_id: str, text: str, signed_at: int | None, nonce: str | None) -> Request:
+        query, body = mp_encrypted_callback(bot, mp_text_xml(OPENID, text, msg_id), signed_at, nonce)
         return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     def forge(self, request: Request) -> Request:
         # msg_signature is what covers the ciphertext in safe mode.
-        path, query = request.path.split("?", 1)
-        params = dict(parse_qsl(query))
+        params = request.query
         params["msg_signature"] = flip(params["msg_signature"])
-        return Request(request.method, f"{path}?{urlencode(params)}", request.body, request.content_type,
-                       request.headers)
+        return Request(request.method, f"{request.path.split('?')[0]}?{urlencode(params)}", request.body,
+                       request.content_type, request.headers)
 
     def handshake(self, bot: Bot) -> Handshake:
         def check(response) -> None:

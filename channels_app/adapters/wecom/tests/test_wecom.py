@@ -218,10 +218,19 @@ def test_stale_or_future_timestamp(client, bot, offset):
     assert_refused(post(client, bot, query, body), 401)
 
 
-def test_replayed_nonce(client, bot):
+def test_the_same_request_again_is_a_redelivery(client, bot):
+    # WeCom sends a request it got no timely answer to again, unchanged.
     query, body = wecom_callback(creds(), text_xml())
     assert post(client, bot, query, body).status_code == 200
-    assert post(client, bot, query, body).status_code == 409
+    again = post(client, bot, query, body)
+    assert (again.status_code, again.content) == (200, b"")
+    assert InboundMessage.objects.count() == 1
+
+
+def test_a_nonce_reused_for_another_message_is_refused(client, bot):
+    assert post(client, bot, *wecom_callback(creds(), text_xml(), nonce="reused")).status_code == 200
+    other = text_xml("another message", msg_id=7385000000000000043)
+    assert post(client, bot, *wecom_callback(creds(), other, nonce="reused")).status_code == 409
     assert InboundMessage.objects.count() == 1
 
 
