@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
 
 from django.http import HttpResponse
 from django.test import Client
@@ -67,6 +68,9 @@ class ContractKit(ABC):
     """What one platform provides to the contract tests."""
 
     platform: str
+    #: what the adapter reads once the signature holds: a JSON body, or (WeCom, WeChat)
+    #: the XML message inside the encrypted envelope
+    payload_format: ClassVar[Literal["json", "xml"]] = "json"
 
     @abstractmethod
     def fake_api(self) -> FakeServer:
@@ -90,6 +94,17 @@ class ContractKit(ABC):
         """A signed, valid delivery of a p2p text message. A later `delivery` of the same
         msg_id is the platform's re-delivery: freshly signed (new nonce or timestamp)
         where the platform does that."""
+
+    @abstractmethod
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        """What text_message delivers, before the platform signs (and encrypts) it."""
+
+    @abstractmethod
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        """A delivery of any payload, even one broken on purpose, signed (and encrypted)
+        as the platform does with the bot's valid credentials: what the adapter then
+        parses is `payload` (decoded as UTF-8, with replacement characters, where the
+        platform encrypts a string)."""
 
     @abstractmethod
     def forge(self, request: Request) -> Request:

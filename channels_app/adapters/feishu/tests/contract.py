@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from bots.models import Bot
+from channels_app.adapters.feishu import crypto
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip, from_headers
 from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event
 
@@ -31,12 +34,27 @@ class FeishuKit(ContractKit):
     def platform_message_id(self, msg_id: str) -> str:
         return f"om_{msg_id}"
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+    def _event(self, msg_id: str, text: str) -> dict:
         event = feishu_event(APP_ID, VERIFICATION_TOKEN, self.platform_message_id(msg_id), "oc_p2pchat",
                              "p2p", SENDER, text)
-        # A re-delivery repeats the event (its id), encrypted and signed anew with a new nonce.
         event["header"]["event_id"] = f"ev_{msg_id}"
-        return from_headers("POST", bot.callback_path, *feishu_callback(event, ENCRYPT_KEY))
+        return event
+
+    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
+        # A re-delivery repeats the event (its id), encrypted and signed anew with a new nonce.
+        return from_headers("POST", bot.callback_path, *feishu_callback(self._event(msg_id, text), ENCRYPT_KEY))
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return json.dumps(self._event(msg_id, text), ensure_ascii=False).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        # The body is {"encrypt": ...} around the payload, signed as feishu_callback signs it.
+        encrypted = crypto.encrypt(payload.decode("utf-8", "replace"), ENCRYPT_KEY)
+        headers, _ = feishu_callback({}, ENCRYPT_KEY)
+        body = json.dumps({"encrypt": encrypted}).encode()
+        timestamp, nonce = headers["X-Lark-Request-Timestamp"], headers["X-Lark-Request-Nonce"]
+        headers["X-Lark-Signature"] = crypto.signature(timestamp, nonce, ENCRYPT_KEY, body)
+        return from_headers("POST", bot.callback_path, headers, body)
 
     def forge(self, request: Request) -> Request:
         return request.with_headers(**{"X-Lark-Signature": flip(request.headers["X-Lark-Signature"])})

@@ -25,6 +25,7 @@ ECHO = "contract-echostr-7265"
 
 class WeChatMPKit(ContractKit):
     platform = "wechat_mp"
+    payload_format = "xml"
 
     def fake_api(self) -> FakeWeChatMP:
         return FakeWeChatMP()
@@ -38,7 +39,13 @@ class WeChatMPKit(ContractKit):
 
     def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
         # Every delivery is encrypted anew under a fresh nonce.
-        query, body = mp_encrypted_callback(bot, mp_text_xml(OPENID, text, msg_id))
+        return self.deliver(bot, self.message_payload(bot, msg_id, text))
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return mp_text_xml(OPENID, text, msg_id).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        query, body = mp_encrypted_callback(bot, payload.decode("utf-8", "replace"))
         return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     def forge(self, request: Request) -> Request:

@@ -24,6 +24,7 @@ ECHO = "5927352381066411412"
 
 class WeComKit(ContractKit):
     platform = "wecom"
+    payload_format = "xml"
 
     def fake_api(self) -> FakeWeCom:
         return FakeWeCom(agent_id=AGENT_ID)
@@ -36,7 +37,13 @@ class WeComKit(ContractKit):
 
     def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1) -> Request:
         # Every delivery gets a fresh nonce from the builder.
-        query, body = wecom_callback(bot, wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID))
+        return self.deliver(bot, self.message_payload(bot, msg_id, text))
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        query, body = wecom_callback(bot, payload.decode("utf-8", "replace"))
         return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     def forge(self, request: Request) -> Request:
