@@ -247,7 +247,7 @@ REST_FRAMEWORK = {
     # The API (config/api_urls.py) speaks JSON only, without the browsable pages, and
     # answers every error as {"error": {"code", "message"}}.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["bots.api_body.BodyParser"],
     "EXCEPTION_HANDLER": "bots.api_auth.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
