@@ -7,7 +7,6 @@ import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bots.models import ApiKey
 from routing.models import ModelBackend
