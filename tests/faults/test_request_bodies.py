@@ -7,6 +7,7 @@ API, never a 500 (nor an ERROR traceback in the log), and a body sent with
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -111,3 +112,30 @@ def test_a_chunked_body_is_read_whole_and_over_the_cap_is_413(transactional_db):
     # Read no further than one byte past the cap.
     assert f"refused: body of {settings.CALLBACK_MAX_BODY_BYTES + 1} bytes" in web.log.read_text()
     assert InboundMessage.objects.count() == 1
+
+
+def status_of_cut_request(port: int, path: str, framing: str, sent: bytes) -> bytes:
+    """The status line gunicorn answers to a body the client stops sending part way."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+        sock.sendall(head.encode() + sent)
+        sock.shutdown(socket.SHUT_WR)
+        return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_a_body_cut_short_is_a_4xx(transactional_db):
+    kit = kit_for("webhook")
+    with kit.running() as fake, Gunicorn() as web:
+        path = kit.make_bot(fake.url).callback_path
+        for framing, sent in [
+            ("Transfer-Encoding: chunked", b'a\r\n{"id": "1"'),  # the last chunk never ends
+            ("Transfer-Encoding: chunked", b'zz\r\n{"id": "1"}\r\n0\r\n\r\n'),  # not a chunk size
+            ("Content-Length: 100", b'{"id": "1"'),
+        ]:
+            status = status_of_cut_request(web.port, path, framing, sent)
+            assert status.startswith(b"HTTP/1.1 4"), (framing, sent, status)
+        # A chunk that stops in the middle: the client is gone, gunicorn closes quietly.
+        assert status_of_cut_request(web.port, path, "Transfer-Encoding: chunked", b'20\r\n{"id"') == b""
+    log = web.log.read_text()
+    assert '"level": "ERROR"' not in log and "Traceback" not in log, log[-2000:]
+    assert InboundMessage.objects.count() == 0
