@@ -109,6 +109,16 @@ def test_a_chunked_body_is_read_whole_and_over_the_cap_is_413(transactional_db):
         at_the_cap = kit.deliver(bot, huge("json", settings.CALLBACK_MAX_BODY_BYTES))
         # Read whole: refused for what it says (no message id), not for its size.
         assert send(web.url, at_the_cap, chunks(at_the_cap.body, 64 * 1024)).status_code == 400
+
+        # The API reads a chunked body the same way, and refuses one over the cap in its JSON.
+        _, key = ApiKey.issue(name="chunked", scopes=["chat"])
+        api = httpx.post(
+            f"{web.url}/api/v1/chat",
+            content=chunks(huge("json", 2 * settings.CALLBACK_MAX_BODY_BYTES), 64 * 1024),
+            headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+            timeout=20,
+        )
+        assert (api.status_code, api.json()["error"]["code"]) == (413, "too_large")
     # Read no further than one byte past the cap.
     assert f"refused: body of {settings.CALLBACK_MAX_BODY_BYTES + 1} bytes" in web.log.read_text()
     assert InboundMessage.objects.count() == 1
