@@ -54,10 +54,12 @@ def loads(data: bytes | str) -> Any:
         raise JSONRefused(f"the JSON is nested deeper than {MAX_DEPTH} levels") from None
     # Both checks walk the whole value; these cheap looks at the text settle nearly every
     # real payload without it. A value cannot nest deeper than it has brackets, and U+0000
-    # and surrogates can then only arrive as \u escapes (raw, the parser refuses the first
-    # and UTF-8 decoding the second).
+    # and surrogates in bytes can then only arrive as \u escapes (raw, the parser refuses
+    # the first and UTF-8 decoding the second); a str may hold them raw.
     deep = text.count("{") + text.count("[") > MAX_DEPTH
-    escaped = _UNSTORABLE_ESCAPE.search(text) is not None
+    escaped = _UNSTORABLE_ESCAPE.search(text) is not None or (
+        not isinstance(data, bytes) and _UNSTORABLE.search(text) is not None
+    )
     if deep or escaped:
         _check(value, strings=escaped)
     return value

@@ -39,5 +39,10 @@ def test_what_cannot_be_stored_or_is_not_json_in_utf8_is_refused_with_the_reason
         jsonbody.loads(body)
 
 
+def test_a_str_holding_a_lone_surrogate_raw_is_refused():
+    with pytest.raises(jsonbody.JSONRefused, match="unpaired surrogate"):
+        jsonbody.loads('{"text": "a\ud800b"}')
+
+
 def test_escapes_that_are_text_are_kept():
     assert jsonbody.loads(b'["\\ud83d\\ude00", "\\\\u0000", "\\u4e2d"]') == ["\U0001f600", "\\u0000", "\u4e2d"]
