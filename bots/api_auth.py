@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -226,6 +227,11 @@ class JsonErrorsNegotiation(DefaultContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+class BodyTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "too_large"
+
+
 class ApiView(APIView):
     """Base of every API view: API key authentication and the scope in `required_scope`."""
 
@@ -246,6 +252,13 @@ def _flatten(detail: Any) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler (status, WWW-Authenticate, Retry-After), with our error shape:
     `{"error": {"code", "message"}}`, plus `fields` for a body that failed validation."""
+    if isinstance(exc, RequestDataTooBig):
+        # Django's own answer would be its HTML 400 page.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        logger.warning("API request refused: body over %s bytes; %s %s", limit, context["request"].method,
+                       context["request"].path)
+        exc = BodyTooLarge(f"the body is larger than {limit} bytes (CALLBACK_MAX_BODY_BYTES), the most this "
+                           "API reads")
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -1,11 +1,13 @@
-"""The client's IP address, believing X-Forwarded-For only from trusted proxies."""
+"""The client's IP address and scheme, believing X-Forwarded-For and X-Forwarded-Proto
+only from trusted proxies."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -51,3 +53,26 @@ def client_ip(request: HttpRequest) -> IPAddress | None:
                 break
     request._switchboard_client_ip = address
     return address
+
+
+def peer_is_trusted_proxy(request: HttpRequest) -> bool:
+    """Whether the connection itself comes from one of TRUSTED_PROXIES."""
+    peer = _parse(request.META.get("REMOTE_ADDR", ""))
+    return peer is not None and _trusted(peer)
+
+
+class ForwardedProtoMiddleware:
+    """X-Forwarded-Proto only from a trusted proxy.
+
+    SECURE_PROXY_SSL_HEADER makes Django take the header from whoever sends it: a client
+    talking plain HTTP to gunicorn's port could claim HTTPS, and so skip the redirect to
+    HTTPS and be handed HSTS and https:// URLs as if it had come through nginx. Dropped
+    here, first of all middleware, every later request.is_secure() sees the truth."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "HTTP_X_FORWARDED_PROTO" in request.META and not peer_is_trusted_proxy(request):
+            del request.META["HTTP_X_FORWARDED_PROTO"]
+        return self.get_response(request)

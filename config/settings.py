@@ -94,6 +94,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later is_secure() must see X-Forwarded-Proto only from a trusted proxy.
+    "config.clientip.ForwardedProtoMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.jsonlog.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -247,7 +249,7 @@ REST_FRAMEWORK = {
     # The API (config/api_urls.py) speaks JSON only, without the browsable pages, and
     # answers every error as {"error": {"code", "message"}}.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["bots.api_body.BodyParser"],
     "EXCEPTION_HANDLER": "bots.api_auth.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -268,7 +270,8 @@ if not (_rate_count.isdigit() and _rate_period in {"s", "sec", "m", "min", "h", 
     raise ImproperlyConfigured(f"CHAT_API_RATE={CHAT_API_RATE!r}; use requests/period, e.g. 60/min or 5/s.")
 
 # Security headers. Behind nginx the TLS hop ends at the proxy, which says so in
-# X-Forwarded-Proto; HTTPS-only cookies and HSTS are on whenever we run in production.
+# X-Forwarded-Proto (believed only from TRUSTED_PROXIES: config.clientip); HTTPS-only
+# cookies and HSTS are on whenever we run in production.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

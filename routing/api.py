@@ -117,11 +117,14 @@ class ChatView(ApiView):
         request=ChatRequest,
         responses={
             200: OpenApiResponse(ChatResponse, description="the answer, and how it was reached"),
-            400: _error("invalid_request (with `fields`) or parse_error: the body is not what this endpoint takes"),
+            400: _error("invalid_request (with `fields`) or parse_error: the body is not what this endpoint takes "
+                        "(not JSON in UTF-8, nested deeper than 64 levels, or holding NaN, Infinity, U+0000 or "
+                        "an unpaired surrogate)"),
             401: _error("missing_credentials, malformed_credentials, unknown_key, key_revoked or key_expired"),
             403: _error("ip_not_allowed or missing_scope"),
             404: _error("unknown_bot"),
             409: _error("bot_disabled"),
+            413: _error("too_large: the body is over CALLBACK_MAX_BODY_BYTES (1 MiB by default)"),
             415: _error("unsupported_media_type: the body is not sent as application/json"),
             429: _error("throttled: too many requests with this key; see Retry-After"),
             502: _error("model_failed: the model backend (and its fallback) could not answer"),

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, Literal
 from urllib.parse import parse_qsl
 
 from django.http import HttpResponse
@@ -81,6 +81,9 @@ class ContractKit(ABC):
     claims_nonces: ClassVar[bool] = True
     #: the request's timestamp is held to CALLBACK_TIMESTAMP_WINDOW (DingTalk has its own hour)
     uses_timestamp_window: ClassVar[bool] = True
+    #: what the adapter reads once the signature holds: a JSON body, or (WeCom, WeChat)
+    #: the XML message inside the encrypted envelope
+    payload_format: ClassVar[Literal["json", "xml"]] = "json"
 
     @abstractmethod
     def fake_api(self) -> FakeServer:
@@ -112,6 +115,17 @@ class ContractKit(ABC):
         platform would (or as a replayer could, where the signature leaves the body out).
         None where the nonce is the signature itself, so no other message can carry it."""
         return None
+
+    @abstractmethod
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        """What text_message delivers, before the platform signs (and encrypts) it."""
+
+    @abstractmethod
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        """A delivery of any payload, even one broken on purpose, signed (and encrypted)
+        as the platform does with the bot's valid credentials: what the adapter then
+        parses is `payload` (decoded as UTF-8, with replacement characters, where the
+        platform encrypts a string)."""
 
     @abstractmethod
     def forge(self, request: Request) -> Request:

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bots.models import Bot
+from channels_app.adapters.feishu import crypto as feishu_crypto
 from channels_app.models import InboundMessage
 from tests.fakes.feishu import feishu_callback, feishu_event
 from tests.fakes.wecom import wecom_callback, wecom_envelope, wecom_text_xml
+from tests.fuzz.hostile import depths, nested_json, nested_xml
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 REFUSED = {400, 401, 403, 404, 409}
@@ -127,6 +129,24 @@ def test_a_mutated_signed_feishu_callback_is_refused(client, bots, position, fli
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items() if k != "Content-Type"}
     response = client.post(bot.callback_path, body, content_type="application/json", **extra)
     assert response.status_code in REFUSED, (header, response.status_code)
+    assert_nothing_recorded()
+
+
+@FUZZ
+@given(depth=depths(), kind=st.sampled_from(["object", "array"]), where=st.sampled_from(["body", "encrypted"]))
+def test_deep_nesting_is_refused_before_and_after_decryption(client, bots, depth, kind, where):
+    """Feishu reads the body before it can check a signature (url_verification is not
+    signed): a body nested past any parser's recursion must be refused, not raise."""
+    feishu = bots["feishu"]
+    body = nested_json(depth, kind)
+    if where == "encrypted":  # what the bot's own Encrypt Key decrypts to
+        encrypted = feishu_crypto.encrypt(body.decode(), feishu.encoding_aes_key)
+        body = b'{"encrypt": "' + encrypted.encode() + b'"}'
+    response = client.post(feishu.callback_path, body, content_type="application/json")
+    assert response.status_code in REFUSED, (response.status_code, response.content)
+    wecom = bots["wecom"]
+    query, xml = wecom_callback(wecom, nested_xml(depth).decode())
+    assert client.post(f"{wecom.callback_path}?{query}", xml, content_type="text/xml").status_code < 500
     assert_nothing_recorded()
 
 

@@ -31,6 +31,7 @@ from channels_app.errors import MalformedRequest, SignatureInvalid, StaleRequest
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
 from channels_app.tokens import forget_token, get_token
+from config import jsonbody
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.dingtalk")
@@ -72,7 +73,7 @@ def signature(timestamp: str, app_secret: str) -> str:
 
 def _json_object(data: bytes) -> dict:
     try:
-        value = json.loads(data)
+        value = jsonbody.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedRequest(f"the body is not JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -24,6 +24,7 @@ from channels_app.errors import MalformedRequest, SignatureInvalid, TransportErr
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
 from channels_app.tokens import forget_token, get_token
+from config import jsonbody
 
 logger = logging.getLogger("switchboard.channels.feishu")
 
@@ -57,7 +58,7 @@ LEADING_MENTIONS = re.compile(r"^(?:\s*@_user_\d+)+\s*")
 
 def _json_object(data: bytes | str, what: str) -> dict:
     try:
-        value = json.loads(data)
+        value = jsonbody.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedRequest(f"{what} is not JSON: {exc}") from exc
     if not isinstance(value, dict):
@@ -249,7 +250,7 @@ class FeishuAdapter(Adapter):
         if sender.get("sender_type", "user") != "user":
             return None  # another app's message: answering bots invites loops
         try:
-            text = json.loads(message["content"])["text"]
+            text = jsonbody.loads(message["content"])["text"]
             message_id, chat_id = message["message_id"], message["chat_id"]
             sender_id = sender["sender_id"]["open_id"]
         except (KeyError, TypeError, ValueError):

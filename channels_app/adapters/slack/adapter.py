@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 
@@ -28,6 +27,7 @@ from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
+from config import jsonbody
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.slack")
@@ -128,7 +128,7 @@ class SlackAdapter(Adapter):
         # again is a re-delivery (Slack's retries are signed anew), never a new message.
         self.claim_nonce(f"sig:{given}", request.body, valid_until, signature_covers_message=True)
         try:
-            payload = json.loads(request.body)
+            payload = jsonbody.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(
                 f"the body is not JSON ({exc}); only the Events API is served here, not slash commands "

@@ -14,7 +14,6 @@ The token comes from BotFather and does not expire.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 
@@ -26,6 +25,7 @@ from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
+from config import jsonbody
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.telegram")
@@ -104,7 +104,7 @@ class TelegramAdapter(Adapter):
             raise SignatureInvalid(f"{AUTH_HEADER} does not match the bot's App secret "
                                    "(the webhook was set with another secret, or the request is not Telegram's)")
         try:
-            update = json.loads(request.body)
+            update = jsonbody.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(f"the body is not JSON: {exc}") from exc
         if not isinstance(update, dict):

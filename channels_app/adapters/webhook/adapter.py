@@ -28,6 +28,7 @@ from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.registry import register
+from config import jsonbody
 from routing.models import ChatType
 
 SIGNATURE_VERSION = "v1"
@@ -131,7 +132,7 @@ class WebhookAdapter(Adapter):
         valid_until = self.check_timestamp(int(timestamp))
         self.claim_nonce(f"sig:{given}", request.body, valid_until, signature_covers_message=True)
         try:
-            payload = json.loads(request.body)
+            payload = jsonbody.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(f"the body is not JSON: {exc}") from exc
         if not isinstance(payload, dict):

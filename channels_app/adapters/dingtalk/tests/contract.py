@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Request, flip, from_headers
-from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message
+from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message, dingtalk_sign
 
 APP_KEY = "dingcontractappkey01"
 APP_SECRET = "contract-dingtalk-app-secret"
@@ -48,6 +48,15 @@ class DingTalkKit(ContractKit):
         assert self.fake is not None, "DingTalkKit.text_message needs the running fake (kit.running())"
         return dingtalk_message(text, msg_id=f"msg{msg_id}", conversation_id=CONVERSATION, sender_staff_id=STAFF_ID,
                                 robot_code=APP_KEY, session=self.fake.open_session(CONVERSATION))
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return json.dumps(self._message(msg_id, text), ensure_ascii=False).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        timestamp = str(int(time.time() * 1000))  # DingTalk signs only this, not the body
+        headers = {"Content-Type": "application/json; charset=utf-8", "timestamp": timestamp,
+                   "sign": dingtalk_sign(timestamp, APP_SECRET)}
+        return from_headers("POST", bot.callback_path, headers, payload)
 
     def platform_message_id(self, msg_id: str) -> str:
         return f"msg{msg_id}"

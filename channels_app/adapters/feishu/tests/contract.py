@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from bots.models import Bot
+from channels_app.adapters.feishu import crypto
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip, from_headers
 from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event
 
@@ -48,6 +51,18 @@ class FeishuKit(ContractKit):
                              "p2p", SENDER, text)
         event["header"]["event_id"] = f"ev_{msg_id}"
         return event
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return json.dumps(self._event(msg_id, text), ensure_ascii=False).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        # The body is {"encrypt": ...} around the payload, signed as feishu_callback signs it.
+        encrypted = crypto.encrypt(payload.decode("utf-8", "replace"), ENCRYPT_KEY)
+        headers, _ = feishu_callback({}, ENCRYPT_KEY)
+        body = json.dumps({"encrypt": encrypted}).encode()
+        timestamp, nonce = headers["X-Lark-Request-Timestamp"], headers["X-Lark-Request-Nonce"]
+        headers["X-Lark-Signature"] = crypto.signature(timestamp, nonce, ENCRYPT_KEY, body)
+        return from_headers("POST", bot.callback_path, headers, body)
 
     def forge(self, request: Request) -> Request:
         return request.with_headers(**{"X-Lark-Signature": flip(request.headers["X-Lark-Signature"])})

@@ -3,6 +3,8 @@ Telegram has no handshake: setWebhook registers the URL and its secret_token."""
 
 from __future__ import annotations
 
+import json
+
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Request, flip, from_headers
 from tests.fakes.telegram import FakeTelegram, telegram_callback, telegram_update
@@ -37,12 +39,21 @@ class TelegramKit(ContractKit):
     def platform_message_id(self, msg_id: str) -> str:
         return f"{CHAT_ID}:{self._message_id(msg_id)}"
 
+    def _update(self, msg_id: str, text: str) -> dict:
+        return telegram_update(text, chat_id=CHAT_ID, user_id=CHAT_ID, message_id=self._message_id(msg_id),
+                               update_id=self._message_id(msg_id))
+
     def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
                      signed_at: int | None = None) -> Request:
         # Telegram re-delivers the very same update (same update_id) until it gets a 2xx.
-        update = telegram_update(text, chat_id=CHAT_ID, user_id=CHAT_ID, message_id=self._message_id(msg_id),
-                                 update_id=self._message_id(msg_id))
-        return from_headers("POST", bot.callback_path, *telegram_callback(update, SECRET))
+        return from_headers("POST", bot.callback_path, *telegram_callback(self._update(msg_id, text), SECRET))
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return json.dumps(self._update(msg_id, text), ensure_ascii=False).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        headers, _ = telegram_callback({}, SECRET)  # the secret header; the body is not signed
+        return from_headers("POST", bot.callback_path, headers, payload)
 
     def forge(self, request: Request) -> Request:
         header = "X-Telegram-Bot-Api-Secret-Token"

@@ -25,6 +25,7 @@ ECHO = "contract-echostr-7265"
 
 class WeChatMPKit(ContractKit):
     platform = "wechat_mp"
+    payload_format = "xml"
 
     def fake_api(self) -> FakeWeChatMP:
         return FakeWeChatMP()
@@ -43,6 +44,13 @@ class WeChatMPKit(ContractKit):
 
     def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
         return self._post(bot, msg_id, text, int(request.query["timestamp"]), request.query["nonce"])
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return mp_text_xml(OPENID, text, msg_id).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        query, body = mp_encrypted_callback(bot, payload.decode("utf-8", "replace"))
+        return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     @staticmethod
     def _post(bot: Bot, msg_id: str, text: str, signed_at: int | None, nonce: str | None) -> Request:

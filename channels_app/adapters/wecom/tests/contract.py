@@ -24,6 +24,7 @@ ECHO = "5927352381066411412"
 
 class WeComKit(ContractKit):
     platform = "wecom"
+    payload_format = "xml"
 
     def fake_api(self) -> FakeWeCom:
         return FakeWeCom(agent_id=AGENT_ID)
@@ -41,6 +42,13 @@ class WeComKit(ContractKit):
 
     def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
         return self._post(bot, msg_id, text, int(request.query["timestamp"]), request.query["nonce"])
+
+    def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
+        return wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID).encode("utf-8")
+
+    def deliver(self, bot: Bot, payload: bytes) -> Request:
+        query, body = wecom_callback(bot, payload.decode("utf-8", "replace"))
+        return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     @staticmethod
     def _post(bot: Bot, msg_id: str, text: str, signed_at: int | None, nonce: str | None) -> Request:
