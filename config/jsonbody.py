@@ -5,7 +5,8 @@ saying why not.
 Python's parser recurses once per nesting level: a 6 KB body nested 1,000 deep raises
 RecursionError, which no caller expects, instead of ValueError. And a value it does
 parse may still be one PostgreSQL cannot store or UTF-8 cannot encode: NaN and Infinity
-(not JSON, but Python's parser takes them), the character U+0000, and a lone surrogate
+(not JSON, but Python's parser takes them), a number too large for a double (1e999),
+the character U+0000, and a lone surrogate
 (`"\\ud800"`). Each of those failed later, as a 500 or as a 503 that makes the platform
 deliver the message again and again.
 """
@@ -13,6 +14,7 @@ deliver the message again and again.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -36,9 +38,19 @@ def _refuse_constant(name: str) -> None:
     raise JSONRefused(f"{name} is not a JSON value")
 
 
+def _finite_float(text: str) -> float:
+    # A number too large for a double (1e999) parses to infinity, which json.dumps then
+    # writes as Infinity: PostgreSQL's jsonb refuses it at the INSERT (a 503 and a
+    # re-delivery), so it is refused here as the constants are.
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONRefused(f"the number {text[:40]} is too large")
+    return value
+
+
 # One decoder for every call: json.loads with any option builds a new one each time, which
 # cost as much as parsing a small event.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def loads(data: bytes | str) -> Any:

@@ -25,6 +25,8 @@ def test_many_shallow_containers_are_not_taken_for_depth():
     [
         (b"[NaN]", "NaN is not a JSON value"),
         (b'{"a": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"chatbotCorpId": 1e999}', "too large"),
+        (b"[-1.5E400]", "too large"),
         (b'{"text": "a\\u0000b"}', "U\\+0000"),
         (b'{"\\ud800": 1}', "unpaired surrogate"),
         (b'["\\udfff"]', "unpaired surrogate"),
