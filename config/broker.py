@@ -107,8 +107,9 @@ def queue_depth(queue: str | None = None) -> int:
     not yet delivered to a worker. On any broker (a passive declare); raises what the
     broker raises when it cannot be reached."""
     queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
-    with Connection(settings.CELERY_BROKER_URL, connect_timeout=2,
-                    transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS) as connection:
+    with Connection(
+        settings.CELERY_BROKER_URL, connect_timeout=2, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    ) as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
         try:
             return connection.default_channel.queue_declare(queue=queue, passive=True).message_count

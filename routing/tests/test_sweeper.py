@@ -40,7 +40,8 @@ def rows(make_bot):
         (negative: its lease lapsed that long ago)."""
         message = InboundMessage.objects.create(bot=bot, platform_message_id=msg_id, status=status)
         InboundMessage.objects.filter(pk=message.pk).update(
-            received_at=now - age, started_at=now - age if status == MessageStatus.PROCESSING else None,
+            received_at=now - age,
+            started_at=now - age if status == MessageStatus.PROCESSING else None,
             lease_until=now + lease_left if lease_left is not None else None,
         )
         return message
