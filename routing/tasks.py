@@ -271,6 +271,12 @@ def _send_parts(row: InboundMessage, adapter, parts: list[str], held_slot: datet
     bot = row.bot
     lost_part = row.part_in_flight  # a send a dead worker began, or one that timed out
     reply_context = (row.raw or {}).get("reply_context", {})
+    # Unique beyond this database (a restore or a second install reuses primary keys),
+    # or Feishu would drop a real reply as a repeat; a re-send from the console of a
+    # reply delivered before gets keys of its own, or it would be dropped the same way.
+    key_prefix = f"sb-{bot.uuid.hex[:12]}-{row.pk}-"
+    resend = row.replied_at is not None
+    key_suffix = f"-r{int(row.replied_at.timestamp())}" if resend else ""
     for index in range(row.parts_sent, len(parts)):
         defer_for = _wait_for_slot(bot, held_slot)
         held_slot = None
@@ -291,11 +297,10 @@ def _send_parts(row: InboundMessage, adapter, parts: list[str], held_slot: datet
             OutboundReply(
                 chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=parts[index],
                 reply_context=reply_context,
-                # Unique beyond this database (a restore or a second install reuses
-                # primary keys), or Feishu would drop a real reply as a repeat.
-                idempotency_key=f"sb-{bot.uuid.hex[:12]}-{row.pk}-{index}",
+                idempotency_key=f"{key_prefix}{index}{key_suffix}",
                 part=index + 1,
                 parts=len(parts),
+                resend=resend,
             ),
             http_client(),
         )

@@ -44,6 +44,8 @@ def test_a_reply_resent_from_the_console_is_not_added_to_the_context_twice(world
     InboundMessage.objects.filter(pk=row.pk).update(status=MessageStatus.RECEIVED, parts_sent=0)
     assert handle_message.apply(args=[row.pk]).get() == "replied"
     assert [r.json()["text"]["content"] for r in wecom.received(r"/message/send")] == ["[m1] hello (history=0)"] * 2
+    # Sent without WeCom's duplicate check, which would drop the same text as a repeat.
+    assert [m["text"]["content"] for m in wecom.sent] == ["[m1] hello (history=0)"] * 2
     assert len(ContextStore().load(bot, "zhang", "zhang")) == 2
 
 

@@ -198,10 +198,11 @@ class WeComAdapter(Adapter):
             raise TransportError('this bot has no AgentId: set extra {"agent_id": N}', permanent=True)
         touser = reply.reply_context.get("touser") or reply.chat_id
         payload = {"touser": touser, "msgtype": "text", "agentid": agent_id, "text": {"content": reply.text}}
-        if self.drops_repeated_sends:
+        if self.drops_repeated_sends and not reply.resend:
             # WeCom drops a request identical to one it took within the interval: a part
             # sent again after a worker died during its send reaches the user once. The
-            # price: the same text to the same user within the interval shows once.
+            # price: the same text to the same user within the interval shows once. Not
+            # for the console's deliberate re-send, which WeCom would drop the same way.
             payload["enable_duplicate_check"] = 1
             payload["duplicate_check_interval"] = settings.WECOM_DUPLICATE_CHECK_INTERVAL
 
