@@ -8,8 +8,8 @@ cannot, at most twice, and the row counts the possible duplicate
 Each platform's fake implements its real dedupe: WeCom drops a request identical to one
 taken within duplicate_check_interval, Feishu answers a repeated uuid with the first
 message, the webhook receiver delivers an Idempotency-Key once (as our protocol asks of
-receivers, though we cannot know that one does); Telegram, Slack and WeChat's
-customer-service API take every request."""
+receivers, though we cannot know that one does); Telegram, Slack, DingTalk and
+WeChat's customer-service API take every request."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from channels_app.models import InboundMessage, MessageStatus
 from routing.models import ModelBackend
 from routing.tasks import sweep_outbox
 from tests.e2e.conftest import CeleryWorker
+from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message
 from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event
 from tests.fakes.model import FakeModel
 from tests.fakes.server import FakeServer, Fault
@@ -57,7 +58,7 @@ TELEGRAM_TOKEN = "7000000011:AACrashCrashCrashCrashCrashCrashCrash"
 class Platform:
     fake: FakeServer
     bot_fields: Callable[[FakeServer], dict]
-    deliver: Callable  # (client, bot) -> None
+    deliver: Callable  # (client, bot, fake) -> None: the platform delivers the user's message
     send_path: str
     received_by_user: Callable[[FakeServer], list[str]]  # the texts the user was shown
     drops_repeats: bool
@@ -88,7 +89,7 @@ def wecom() -> Platform:
             "encoding_aes_key": _aes_key(),
             "extra": {"agent_id": 1000002},
         },
-        lambda client, bot: _post_xml(
+        lambda client, bot, fake: _post_xml(
             client, bot, *wecom_callback(bot, wecom_text_xml(bot.app_id, "zhangsan", "hello", 5001, 1000002))
         ),
         r"/cgi-bin/message/send",
@@ -106,7 +107,7 @@ def feishu() -> Platform:
             "token": SECRET,
             "encoding_aes_key": "crash-encrypt-key",
         },
-        lambda client, bot: _post_json(
+        lambda client, bot, fake: _post_json(
             client,
             bot,
             *feishu_callback(
@@ -126,7 +127,7 @@ def telegram() -> Platform:
     return Platform(
         fake,
         lambda fake: {"token": TELEGRAM_TOKEN, "app_secret": SECRET, "extra": {"bot_username": "crash_test_bot"}},
-        lambda client, bot: _post_json(
+        lambda client, bot, fake: _post_json(
             client, bot, *telegram_callback(telegram_update("hello", chat_id=4242, message_id=7), SECRET)
         ),
         r"/sendMessage$",
@@ -139,12 +140,37 @@ def slack() -> Platform:
     return Platform(
         FakeSlack(),
         lambda fake: {"app_secret": SECRET, "token": DEFAULT_BOT_TOKEN},
-        lambda client, bot: _post_json(
+        lambda client, bot, fake: _post_json(
             client,
             bot,
             *slack_callback(slack_event("message", "D0DIRECT01", "U0ALICE001", "hello", channel_type="im"), SECRET),
         ),
         r"/api/chat\.postMessage$",
+        lambda fake: [m["text"] for m in fake.sent],
+        drops_repeats=False,
+    )
+
+
+def _dingtalk_deliver(client, bot: Bot, fake: FakeDingTalk) -> None:
+    # The message carries a sessionWebhook the fake opened: the reply goes there.
+    message = dingtalk_message(
+        "hello",
+        msg_id="msgCrash1",
+        conversation_id="cidp2pCrash==",
+        robot_code=bot.app_id,
+        session=fake.open_session("cidp2pCrash=="),
+    )
+    _post_json(client, bot, *dingtalk_callback(message, str(bot.app_secret)))
+
+
+def dingtalk() -> Platform:
+    fake = FakeDingTalk()
+    fake.add_app("dingcrashappkey01", SECRET)
+    return Platform(
+        fake,
+        lambda fake: {"app_id": "dingcrashappkey01", "app_secret": SECRET},
+        _dingtalk_deliver,
+        r"/robot/sendBySession",
         lambda fake: [m["text"] for m in fake.sent],
         drops_repeats=False,
     )
@@ -160,7 +186,7 @@ def wechat_customer_service() -> Platform:
             "encoding_aes_key": _aes_key(),
             "extra": {"customer_service_api": True},
         },
-        lambda client, bot: _post_xml(
+        lambda client, bot, fake: _post_xml(
             client,
             bot,
             *mp_encrypted_callback(bot, mp_text_xml("oCrashUser000000000000000001", "hello", 5002, DEFAULT_ACCOUNT)),
@@ -175,7 +201,7 @@ def webhook() -> Platform:
     return Platform(
         FakeWebhookReceiver(secret=SECRET),
         lambda fake: {"app_secret": SECRET, "extra": {"outbound_url": fake.outbound_url}},
-        lambda client, bot: _post_json(
+        lambda client, bot, fake: _post_json(
             client, bot, *webhook_callback(webhook_message("t-crash-1", "ticket-1", "customer-1", "hello"), SECRET)
         ),
         r"/switchboard/replies",
@@ -189,6 +215,7 @@ PLATFORMS = {
     "feishu": feishu,
     "telegram": telegram,
     "slack": slack,
+    "dingtalk": dingtalk,
     "wechat_mp": wechat_customer_service,
     "webhook": webhook,
 }
@@ -211,7 +238,7 @@ def test_a_worker_killed_during_the_send_leaves_at_most_a_counted_duplicate(name
         env = {"OUTBOX_STUCK_AFTER": str(STUCK_AFTER)}
         worker = CeleryWorker(extra_env=env).start()
         try:
-            platform.deliver(client, bot)
+            platform.deliver(client, bot, fake)
             fake.wait_for(platform.send_path, 1)  # the send is on its way, held open
             worker.kill_hard()
         finally:
