@@ -63,9 +63,10 @@ class InboundMessageAdmin(admin.ModelAdmin):
     fieldsets = [
         ("Message", {"fields": ["bot", "platform", "platform_message_id", "chat_type", "chat_id", "sender_id",
                                 "mentioned", "text"]}),
-        ("Outcome", {"fields": ["status", "attempts", "error", "route", "backend", "reply_text", "parts_sent"]}),
-        ("Timings", {"fields": ["received_at", "acked_ms", "started_at", "model_ms", "send_ms", "replied_at",
-                                "end_to_end"]}),
+        ("Outcome", {"fields": ["status", "attempts", "error", "route", "backend", "reply_text", "parts_sent",
+                                "part_in_flight", "possible_duplicates"]}),
+        ("Timings", {"fields": ["received_at", "acked_ms", "started_at", "lease_until", "model_ms", "send_ms",
+                                "replied_at", "end_to_end"]}),
         ("As received", {"fields": ["raw_pretty"], "classes": ["collapse"]}),
     ]
 

@@ -40,6 +40,10 @@ class Adapter(ABC):
     length_unit: ClassVar[Literal["chars", "bytes"]] = "chars"
     #: sends per second when the bot sets no rate limit of its own
     default_rate_limit_qps: ClassVar[float] = 10.0
+    #: whether the platform delivers a repeated send of a reply part (same idempotency
+    #: key or same request, soon after) only once; if not, a part sent again after a
+    #: worker died during its send may reach the user twice (docs/delivery-guarantees.md)
+    drops_repeated_sends: ClassVar[bool] = False
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -81,7 +85,9 @@ class Adapter(ABC):
 
     @abstractmethod
     def send(self, reply: OutboundReply, http: httpx.Client) -> None:
-        """Deliver one reply part through the platform's API; raise TransportError."""
+        """Deliver one reply part through the platform's API; raise TransportError.
+        A part is sent again, with the same idempotency key, when its first send's
+        outcome was lost: let the platform drop the repeat wherever its API allows."""
 
     @property
     def api_base(self) -> str:

@@ -40,3 +40,6 @@ class OutboundReply:
     # that put a long reply back together.
     part: int = 1
     parts: int = 1
+    # A reply the user already got, sent again on purpose (the console's "re-send"): a
+    # platform that drops repeats by content (WeCom) must not drop this one.
+    resend: bool = False

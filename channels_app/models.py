@@ -36,6 +36,14 @@ class InboundMessage(models.Model):
     error = models.TextField(blank=True)
     reply_text = models.TextField(blank=True)
     parts_sent = models.PositiveIntegerField(default=0, help_text="reply parts already delivered")
+    # Saved before each send, cleared with the final status: a task that finds it set
+    # knows a worker died during that part's send, with no word on whether it arrived.
+    part_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="reply part (0-based) whose send began and has not returned"
+    )
+    possible_duplicates = models.PositiveIntegerField(
+        default=0, help_text="parts sent again after a lost send, on a platform that cannot drop a repeat"
+    )
     route = models.CharField(max_length=300, blank=True, help_text="which routing rule chose the backend")
     backend = models.ForeignKey(
         "routing.ModelBackend", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -44,6 +52,10 @@ class InboundMessage(models.Model):
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     acked_ms = models.FloatField(null=True, blank=True, help_text="callback answered after (ms)")
     started_at = models.DateTimeField(null=True, blank=True)
+    # The claim of a processing row: its task (lease_owner, the Celery task id) holds it
+    # until lease_until, renewed by its worker while the task runs (routing/lease.py).
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
     replied_at = models.DateTimeField(null=True, blank=True)
     model_ms = models.FloatField(null=True, blank=True)
     send_ms = models.FloatField(null=True, blank=True)

@@ -15,6 +15,9 @@ itself cost.
 
 from __future__ import annotations
 
+from django.conf import settings
+from kombu import Connection
+from kombu.exceptions import ChannelError
 from kombu.transport import redis
 from redis import exceptions as redis_errors
 
@@ -97,3 +100,18 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+def queue_depth(queue: str | None = None) -> int:
+    """How many task messages wait in the queue (the default one) right now: ready,
+    not yet delivered to a worker. On any broker (a passive declare); raises what the
+    broker raises when it cannot be reached."""
+    queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    with Connection(
+        settings.CELERY_BROKER_URL, connect_timeout=2, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    ) as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError:  # no such queue yet: nothing was ever queued, or it is empty
+            return 0

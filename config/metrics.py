@@ -26,11 +26,10 @@ from django.conf import settings
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from kombu import Connection
-from kombu.exceptions import ChannelError
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from config.broker import queue_depth
 from config.clientip import client_ip
 
 Collected = Iterator[Metric]
@@ -38,13 +37,7 @@ Collected = Iterator[Metric]
 
 def _queue_depth() -> Collected:
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    with Connection(settings.CELERY_BROKER_URL, connect_timeout=2,
-                    transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS) as connection:
-        connection.ensure_connection(max_retries=1, timeout=2)
-        try:
-            depth = connection.default_channel.queue_declare(queue=queue, passive=True).message_count
-        except ChannelError:  # no such queue yet: nothing was ever queued, or it is empty
-            depth = 0
+    depth = queue_depth(queue)
     family = GaugeMetricFamily("switchboard_queue_depth", "Tasks waiting in the Celery queue", labels=["queue"])
     family.add_metric([queue], depth)
     yield family
@@ -57,7 +50,7 @@ def _outbox() -> Collected:
     counts = (
         InboundMessage.objects.filter(
             Q(status=MessageStatus.RECEIVED, received_at__lt=now - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER))
-            | Q(status=MessageStatus.PROCESSING, started_at__lt=now - timedelta(seconds=settings.OUTBOX_STUCK_AFTER))
+            | Q(status=MessageStatus.PROCESSING, lease_until__lt=now)
         )
         .order_by()
         .values_list("status")
@@ -67,7 +60,7 @@ def _outbox() -> Collected:
     for status, count in counts:
         stuck[status] = count
     family = GaugeMetricFamily(
-        "switchboard_outbox_stuck", "Messages waiting past OUTBOX_RECEIVED_AFTER or processing past OUTBOX_STUCK_AFTER",
+        "switchboard_outbox_stuck", "Messages waiting past OUTBOX_RECEIVED_AFTER, or processing with a lapsed lease",
         labels=["status"],
     )
     for status, count in stuck.items():

@@ -342,6 +342,15 @@ OUTBOX_STUCK_AFTER = env_int("OUTBOX_STUCK_AFTER", 300, minimum=1)
 OUTBOX_SWEEP_INTERVAL = env_int("OUTBOX_SWEEP_INTERVAL", 30, minimum=1)
 OUTBOX_SWEEP_BATCH = env_int("OUTBOX_SWEEP_BATCH", 500, minimum=1)
 OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 30, minimum=1)
+# WeCom's message/send drops a request identical to one sent within this many seconds
+# (enable_duplicate_check): a reply part sent again after a lost send arrives once, and an
+# identical reply to the same user within it is shown once too. WeCom allows up to 4 h;
+# 0 turns the check off.
+WECOM_DUPLICATE_CHECK_INTERVAL = env_int("WECOM_DUPLICATE_CHECK_INTERVAL", 1800, minimum=0)
+if WECOM_DUPLICATE_CHECK_INTERVAL > 4 * 3600:
+    raise ImproperlyConfigured(
+        f"WECOM_DUPLICATE_CHECK_INTERVAL={WECOM_DUPLICATE_CHECK_INTERVAL}; WeCom accepts at most 14400 (4 hours)."
+    )
 CELERY_BEAT_SCHEDULE = {
     "sweep-outbox": {"task": "routing.tasks.sweep_outbox", "schedule": float(OUTBOX_SWEEP_INTERVAL)},
     "check-api-key-expiry": {"task": "bots.tasks.check_api_key_expiry", "schedule": crontab(hour=6, minute=0)},

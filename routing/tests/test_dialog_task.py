@@ -44,7 +44,40 @@ def test_a_reply_resent_from_the_console_is_not_added_to_the_context_twice(world
     InboundMessage.objects.filter(pk=row.pk).update(status=MessageStatus.RECEIVED, parts_sent=0)
     assert handle_message.apply(args=[row.pk]).get() == "replied"
     assert [r.json()["text"]["content"] for r in wecom.received(r"/message/send")] == ["[m1] hello (history=0)"] * 2
+    # Sent without WeCom's duplicate check, which would drop the same text as a repeat.
+    assert [m["text"]["content"] for m in wecom.sent] == ["[m1] hello (history=0)"] * 2
     assert len(ContextStore().load(bot, "zhang", "zhang")) == 2
+
+
+@pytest.mark.parametrize("interval", [1800, 0])
+def test_a_send_whose_answer_was_lost_is_sent_again_and_counted(world, settings, interval):
+    """WeCom took the part, but its answer never came back: the retry sends the part
+    again. With WeCom's duplicate check the user sees it once; without, twice, and the
+    row says so."""
+    settings.WECOM_DUPLICATE_CHECK_INTERVAL = interval
+    bot, wecom = world
+    wecom.plan(r"/message/send", Fault(passthrough=True, hang_up=True))
+    row = InboundMessage.objects.create(bot=bot, platform_message_id="3", chat_id="zhang", sender_id="zhang",
+                                        chat_type="p2p", text="lost", raw={"reply_context": {"touser": "zhang"}})
+    # The send fails; the retry (run in place by apply()) sends the part again.
+    assert handle_message.apply(args=[row.pk]).get() == "replied"
+
+    row.refresh_from_db()
+    assert len(wecom.received(r"/message/send")) == 2
+    assert [m["text"]["content"] for m in wecom.sent] == ["[m1] lost (history=0)"] * (1 if interval else 2)
+    assert (row.possible_duplicates, row.part_in_flight) == (0 if interval else 1, None)
+
+
+def test_a_part_the_platform_refused_is_not_counted_as_a_possible_duplicate(world, settings):
+    settings.WECOM_DUPLICATE_CHECK_INTERVAL = 0
+    bot, wecom = world
+    wecom.plan(r"/message/send", Fault(503, "upstream busy"))
+    row = InboundMessage.objects.create(bot=bot, platform_message_id="4", chat_id="zhang", sender_id="zhang",
+                                        chat_type="p2p", text="busy", raw={"reply_context": {"touser": "zhang"}})
+    assert handle_message.apply(args=[row.pk]).get() == "replied"  # after one retry
+    row.refresh_from_db()
+    assert len(wecom.received(r"/message/send")) == 2
+    assert row.possible_duplicates == 0 and len(wecom.sent) == 1
 
 
 def test_a_finished_message_is_not_claimed_again(world):

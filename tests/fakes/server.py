@@ -39,6 +39,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     # With passthrough, the delay is added and then the normal handler answers.
     passthrough: bool = False
+    # Close the connection instead of writing the answer (with passthrough: after the
+    # request was handled), as when the answer is lost on the way back.
+    hang_up: bool = False
 
 
 @dataclass
@@ -159,6 +162,9 @@ class FakeServer:
             response = Response(fault.status, fault.body, fault.headers)
         else:
             response = self._route(record)
+        if fault is not None and fault.hang_up:
+            handler.close_connection = True  # the client reads the end of the stream, no answer
+            return
         self._write(handler, response)
 
     def _route(self, record: Recorded) -> Response:

@@ -8,6 +8,7 @@ fake-corp-secret, AgentId 1000002).
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import secrets
 import threading
@@ -23,6 +24,10 @@ from tests.fakes.server import FakeServer, Recorded, Response, serve_forever
 
 TEXT_LIMIT_BYTES = 2048
 TOKEN_LIFETIME = 7200
+# message/send with "enable_duplicate_check": 1 drops a request whose JSON equals one taken
+# within duplicate_check_interval seconds (default 1800, at most 4 hours).
+DUPLICATE_CHECK_DEFAULT = 1800
+DUPLICATE_CHECK_MAX = 4 * 3600
 # The standalone fake's credentials (a bot pointed at it needs the same).
 DEFAULT_CORP_ID = "wwfakecorp0000001"
 DEFAULT_CORP_SECRET = "fake-corp-secret"
@@ -39,6 +44,9 @@ class FakeWeCom(FakeServer):
     Tokens are "tok-<n>"; while one is valid, gettoken hands out the same one (as WeCom
     does). `expire_token()` ends it early, so the next send with it gets 42001.
     `users`, if set, is who exists: others land in `invaliduser` (81013 if nobody is left).
+    A send with enable_duplicate_check whose request JSON equals one taken within its
+    interval is answered ok and not delivered again (`sent` holds what users received,
+    `duplicates_dropped` the repeats).
     """
 
     name = "fake-wecom"
@@ -63,7 +71,10 @@ class FakeWeCom(FakeServer):
         self.agent_id = agent_id
         self.users = users
         self.sent: list[dict] = []
+        self.duplicates_dropped: list[dict] = []
         self.tokens_issued = 0
+        # request JSON -> (when taken, the answer it got), for the duplicate check
+        self._taken: dict[str, tuple[float, dict]] = {}
         self._token: str | None = None
         self._token_expires = 0.0
         self._msgids = itertools.count(1)
@@ -135,11 +146,32 @@ class FakeWeCom(FakeServer):
         invalid = [user for user in recipients if self.users is not None and user not in self.users]
         if len(invalid) == len(recipients):
             return _error(81013, "user & party & tag all invalid")
-        self.sent.append(message)
-        return Response(200, {
-            "errcode": 0, "errmsg": "ok", "invaliduser": "|".join(invalid), "invalidparty": "",
-            "invalidtag": "", "unlicenseduser": "", "msgid": f"fake-msgid-{next(self._msgids)}",
-        })
+        with self._state:
+            repeat = self._repeat_of(message)
+            if repeat is not None:
+                self.duplicates_dropped.append(message)
+                return Response(200, repeat)
+            self.sent.append(message)
+            answer = {
+                "errcode": 0, "errmsg": "ok", "invaliduser": "|".join(invalid), "invalidparty": "",
+                "invalidtag": "", "unlicenseduser": "", "msgid": f"fake-msgid-{next(self._msgids)}",
+            }
+            if message.get("enable_duplicate_check") == 1:
+                self._taken[json.dumps(message, sort_keys=True, ensure_ascii=False)] = (time.time(), answer)
+        return Response(200, answer)
+
+    def _repeat_of(self, message: dict) -> dict | None:
+        """The answer of the identical request taken within this one's duplicate-check
+        interval, if it asks for the check and there was one."""
+        if message.get("enable_duplicate_check") != 1:
+            return None
+        interval = message.get("duplicate_check_interval", DUPLICATE_CHECK_DEFAULT)
+        if not isinstance(interval, int) or not 0 < interval <= DUPLICATE_CHECK_MAX:
+            interval = DUPLICATE_CHECK_DEFAULT
+        earlier = self._taken.get(json.dumps(message, sort_keys=True, ensure_ascii=False))
+        if earlier is None or time.time() - earlier[0] >= interval:
+            return None
+        return earlier[1]
 
 
 # -- callbacks, as WeCom sends them -----------------------------------------------------

@@ -128,9 +128,9 @@ def test_a_callback_moves_the_counters_the_queue_and_the_outbox(client, settings
 
     InboundMessage.objects.update(received_at=timezone.now() - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER + 5))
     InboundMessage.objects.create(bot=bot, platform_message_id="7002", status=MessageStatus.PROCESSING,
-                                  started_at=timezone.now() - timedelta(seconds=settings.OUTBOX_STUCK_AFTER + 5))
+                                  lease_until=timezone.now() - timedelta(seconds=5))  # its worker died
     InboundMessage.objects.create(bot=bot, platform_message_id="7003", status=MessageStatus.PROCESSING,
-                                  started_at=timezone.now())
+                                  lease_until=timezone.now() + timedelta(seconds=settings.OUTBOX_STUCK_AFTER))
     stuck = scrape(client)
     assert value(stuck, "switchboard_outbox_stuck", status="received") == 1
     assert value(stuck, "switchboard_outbox_stuck", status="processing") == 1

@@ -139,6 +139,9 @@ class FeishuAdapter(Adapter):
     # longer than a few screens reads better as several messages.
     max_reply_length = 4000
     length_unit = "chars"
+    # Every send carries the part's idempotency key as `uuid`: Feishu sends at most one
+    # message per uuid within an hour and answers a repeat with the first message.
+    drops_repeated_sends = True
 
     def __init__(self, bot) -> None:
         super().__init__(bot)

@@ -154,6 +154,9 @@ class WeChatMPAdapter(Adapter):
         if not self.customer_service:
             # Parts travel in passive replies, which also carry our own short lines.
             self.max_reply_length = PART_LIMIT_BYTES
+        # A passive part is queued under its idempotency key, once; message/custom/send
+        # takes no key, so a part sent there again may arrive twice.
+        self.drops_repeated_sends = not self.customer_service
         self._started = time.monotonic()
         self._echo: str | None = None
         self._fields: dict[str, str] | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import httpx
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from bots.models import Bot
@@ -51,9 +52,11 @@ class WeComAdapter(Adapter):
     default_api_base = "https://qyapi.weixin.qq.com"
     max_reply_length = 2048
     length_unit = "bytes"
-
     def __init__(self, bot: Bot) -> None:
         super().__init__(bot)
+        # message/send with enable_duplicate_check drops a request identical to one sent
+        # within duplicate_check_interval (WECOM_DUPLICATE_CHECK_INTERVAL; 0: no check).
+        self.drops_repeated_sends = settings.WECOM_DUPLICATE_CHECK_INTERVAL > 0
         self._echo: str | None = None
         self._plaintext: str | None = None
 
@@ -197,6 +200,13 @@ class WeComAdapter(Adapter):
             raise TransportError('this bot has no AgentId: set extra {"agent_id": N}', permanent=True)
         touser = reply.reply_context.get("touser") or reply.chat_id
         payload = {"touser": touser, "msgtype": "text", "agentid": agent_id, "text": {"content": reply.text}}
+        if self.drops_repeated_sends and not reply.resend:
+            # WeCom drops a request identical to one it took within the interval: a part
+            # sent again after a worker died during its send reaches the user once. The
+            # price: the same text to the same user within the interval shows once. Not
+            # for the console's deliberate re-send, which WeCom would drop the same way.
+            payload["enable_duplicate_check"] = 1
+            payload["duplicate_check_interval"] = settings.WECOM_DUPLICATE_CHECK_INTERVAL
 
         data = self._post_message(http, payload)
         if data["errcode"] in TOKEN_ERRCODES:

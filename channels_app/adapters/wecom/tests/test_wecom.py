@@ -392,7 +392,8 @@ def reply(text: str = "你好！有什么可以帮你？", touser: str = USER) -
 def test_send_speaks_the_wecom_wire_format(sending_bot, fake, http):
     WeComAdapter(sending_bot).send(reply("hi there"), http)
 
-    assert fake.sent == [{"touser": USER, "msgtype": "text", "agentid": AGENT_ID, "text": {"content": "hi there"}}]
+    assert fake.sent == [{"touser": USER, "msgtype": "text", "agentid": AGENT_ID, "text": {"content": "hi there"},
+                          "enable_duplicate_check": 1, "duplicate_check_interval": 1800}]
     (token_request,) = fake.received(r"/cgi-bin/gettoken")
     assert token_request.method == "GET"
     assert token_request.query == {"corpid": [CORP_ID], "corpsecret": [SECRET]}
@@ -400,6 +401,18 @@ def test_send_speaks_the_wecom_wire_format(sending_bot, fake, http):
     assert send_request.method == "POST"
     assert send_request.query == {"access_token": ["tok-1"]}
     assert send_request.headers["content-type"] == "application/json"
+
+
+def test_a_part_sent_again_within_the_interval_reaches_the_user_once(sending_bot, fake, http, settings):
+    """A worker that died during a send leaves the part in doubt; its successor sends the
+    same request again, and WeCom's duplicate check drops it."""
+    settings.WECOM_DUPLICATE_CHECK_INTERVAL = 600
+    WeComAdapter(sending_bot).send(reply("only once"), http)
+    WeComAdapter(sending_bot).send(reply("only once"), http)
+
+    assert [m["text"]["content"] for m in fake.sent] == ["only once"]
+    assert len(fake.duplicates_dropped) == 1
+    assert {r.json()["duplicate_check_interval"] for r in fake.received(r"/message/send")} == {600}
 
 
 def test_the_token_is_fetched_once_and_shared_across_sends(sending_bot, fake, http):
@@ -549,7 +562,8 @@ def test_neither_secret_nor_token_reaches_the_log(sending_bot, fake, http, caplo
 
 def test_long_replies_split_by_the_adapters_policy_fit_wecom(sending_bot, fake, http):
     # 3 bytes per character: a limit counted in characters would make WeCom refuse (45002).
-    text = "长" * 1500 + "\n\n" + "文" * 2500
+    # No two parts alike: WeCom's duplicate check would show the second of two once.
+    text = "".join(chr(0x4E00 + n) for n in range(1500)) + "\n\n" + "".join(chr(0x6000 + n) for n in range(2500))
     parts = split_reply(text, WeComAdapter.max_reply_length, WeComAdapter.length_unit)
     adapter = WeComAdapter(sending_bot)
     for part in parts:
