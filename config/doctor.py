@@ -194,16 +194,23 @@ def _capacity(options: Options) -> str:
                        "WHERE backend_type = 'client backend'")
         limit, reserved, used = cursor.fetchone()
     usable, pool = limit - reserved, settings.CELERY_WORKER_CONCURRENCY
-    # Every worker process and gunicorn worker keeps a connection of its own; a restart
-    # or a new worker machine needs a whole pool's worth free, or its tasks fail to claim.
-    if usable - used < pool:
+    workers, threads = settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS
+    web = workers * threads
+    # Every worker process, and every thread of every gunicorn worker, keeps a connection
+    # of its own (CONN_MAX_AGE); a restart or another machine like this one needs as many
+    # free, or its callbacks fail to record and its tasks fail to claim.
+    if usable - used < pool + web:
         raise Failed(
-            f"{used} of PostgreSQL's {usable} connections are in use: another worker pool here "
-            f"({pool} processes, CELERY_WORKER_CONCURRENCY) would not get its connections",
-            "raise max_connections in postgresql.conf and restart PostgreSQL, or lower "
-            "CELERY_WORKER_CONCURRENCY / SWITCHBOARD_WEB_WORKERS (docs/performance.md, How it scales out)",
+            f"{used} of PostgreSQL's {usable} connections are in use: another machine like this one would not get "
+            f"its connections ({pool} worker processes, CELERY_WORKER_CONCURRENCY, and {workers} × {threads} "
+            "web threads, SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)",
+            "raise max_connections in postgresql.conf and restart PostgreSQL, or lower CELERY_WORKER_CONCURRENCY / "
+            "SWITCHBOARD_WEB_WORKERS / SWITCHBOARD_WEB_THREADS (docs/performance.md, How it scales out)",
         )
-    return f"{used} of PostgreSQL's {usable} connections in use, room for another worker pool of {pool}"
+    return (
+        f"{used} of PostgreSQL's {usable} connections in use, room for another machine like this one: "
+        f"{pool} worker processes and {workers} × {threads} web threads"
+    )
 
 
 @check("static")
@@ -291,6 +298,11 @@ def _listening_program(port: int) -> str:
     return " ".join(shown.split()[5:]) if shown.strip() else ""
 
 
+def _reachable_from_outside(bind: str) -> bool:
+    host = bind.rpartition(":")[0].strip("[]")
+    return host not in ("localhost", "::1") and not host.startswith("127.")
+
+
 def _local_address(bind: str) -> tuple[str, int]:
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
@@ -306,11 +318,12 @@ def _host_header() -> str:
     return names[0] if names else "localhost"
 
 
-def _get(connection: socket.socket, host: str, path: str) -> tuple[int, bytes]:
+def _get(connection: socket.socket, host: str, path: str) -> tuple[int, bytes, str]:
+    """(status, body, the Server header) of GET path."""
     connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     response = http.client.HTTPResponse(connection)  # type: ignore[arg-type]
     response.begin()
-    return response.status, response.read(4096)
+    return response.status, response.read(4096), response.getheader("Server", "")
 
 
 def _is_healthz(status: int, body: bytes) -> bool:
@@ -322,17 +335,33 @@ def _is_healthz(status: int, body: bytes) -> bool:
 
 @check("port")
 def _port(options: Options) -> str:
-    host, port = _local_address(settings.SWITCHBOARD_BIND)
+    bind = settings.SWITCHBOARD_BIND
+    host, port = _local_address(bind)
     try:
         with socket.create_connection((host, port), timeout=3) as connection:
             connection.settimeout(5)
-            status, body = _get(connection, _host_header(), "/healthz")
+            status, body, server = _get(connection, _host_header(), "/healthz")
     except ConnectionRefusedError:
         raise Failed(f"nothing listens on {host}:{port}: gunicorn is not running", service_fix("web")) from None
     except (OSError, http.client.HTTPException) as exc:
-        status, body = 0, str(exc).encode()
+        status, body, server = 0, str(exc).encode(), ""
     if _is_healthz(status, body):
+        if server.startswith("nginx"):
+            return f"Switchboard answers /healthz on {host}:{port} through nginx"
+        if _reachable_from_outside(bind):
+            raise Failed(
+                f"gunicorn itself answers {bind}, which other machines can reach: two clients sending their "
+                "headers slowly hold its workers, and every callback waits",
+                "put nginx in front, as deploy.sh and scripts/start.sh do: nginx on SWITCHBOARD_BIND, gunicorn "
+                "on SWITCHBOARD_GUNICORN_BIND (127.0.0.1); docs/operations.md",
+            )
         return f"gunicorn answers /healthz on {host}:{port}"
+    if server.startswith("nginx") and status in (502, 504):
+        raise Failed(
+            f"nginx answers {host}:{port}, but gunicorn behind it does not (HTTP {status}; "
+            f"SWITCHBOARD_GUNICORN_BIND {settings.SWITCHBOARD_GUNICORN_BIND})",
+            service_fix("web"),
+        )
     owner = _listening_program(port)
     raise Failed(
         f"port {port} is taken by another program{f' ({owner})' if owner else ''}: it answered /healthz with "
@@ -351,7 +380,7 @@ def _served_certificate() -> tuple[int, bytes, bytes]:
         with context.wrap_socket(raw, server_hostname=url.hostname) as connection:
             connection.settimeout(5)
             certificate = connection.getpeercert(binary_form=True) or b""
-            status, body = _get(connection, url.netloc, "/healthz")
+            status, body, _ = _get(connection, url.netloc, "/healthz")
     return status, body, certificate
 
 

@@ -1,4 +1,4 @@
-# Shared by scripts/start.sh and scripts/test.sh; source it, do not run it.
+# Shared by scripts/start.sh, scripts/test.sh and deploy.sh; source it, do not run it.
 #
 # Each script announces its steps with `step`, sets FIX to the advice for the step that
 # is running, and installs `trap on_error ERR`, so any failing command ends with the name
@@ -226,3 +226,39 @@ ensure_redis() {
     done
     fail "Redis was started but does not answer at $host:$port after 10 seconds"
 }
+
+# nginx installed: apt-get install it when missing (and allowed). Prints nothing; the
+# caller says what it uses nginx for.
+ensure_nginx() {
+    local no_install="$1"
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+        return
+    fi
+    FIX="run: sudo apt-get install -y nginx   (then run this script again)"
+    [ "$no_install" -eq 0 ] || fail "nginx is not installed and --no-install forbids installing it"
+    is_root || fail "nginx is not installed and this script is not running as root"
+    apt_install nginx
+}
+
+nginx_binary() { command -v nginx || printf /usr/sbin/nginx; }
+
+# A template from deploy/ with every @NAME@ replaced by the NAME=value arguments.
+render() {
+    python3 - "$@" <<'PY'
+import re
+import sys
+
+template, *pairs = sys.argv[1:]
+values = dict(pair.split("=", 1) for pair in pairs)
+text = open(template).read()
+missing = sorted(set(re.findall(r"@([A-Z_]+)@", text)) - values.keys())
+if missing:
+    sys.exit(f"{template}: no value for {', '.join(missing)}")
+print(re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text), end="")
+PY
+}
+
+# nginx's client_max_body_size for a CALLBACK_MAX_BODY_BYTES: room above it, so that
+# Switchboard itself refuses a body a little too large with its own answer (a JSON error
+# on the API); nginx answers 413 only to one far too large to be worth buffering.
+nginx_body_limit() { printf '%s' "$(($1 * 4))"; }

@@ -183,16 +183,47 @@ def test_the_database_must_have_room_for_another_worker_pool(settings):
         assert line(doctor("--skip", SERVICES)[1], "capacity").startswith("SKIP  capacity    sqlite: no connection")
         pytest.skip("the connection limit is PostgreSQL's")
     settings.CELERY_WORKER_CONCURRENCY = 8
+    settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS = 2, 4
     result = line(doctor("--skip", SERVICES)[1], "capacity")
-    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another worker "
-                        r"pool of 8", result), result
-    settings.CELERY_WORKER_CONCURRENCY = 100_000  # more than any max_connections leaves free
+    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another machine "
+                        r"like this one: 8 worker processes and 2 × 4 web threads", result), result
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int")
+        (limit,) = cursor.fetchone()
+    # The worker pool alone fits; with every web thread's connection it does not.
+    settings.CELERY_WORKER_CONCURRENCY = 1
+    settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS = 1, limit
     code, output = doctor("--skip", SERVICES)
     assert code == 1
     result = line(output, "capacity")
     assert result.startswith("FAIL  capacity    ") and (
-        "another worker pool here (100000 processes, CELERY_WORKER_CONCURRENCY) would not get its connections"
-        in result) and "fix: raise max_connections in postgresql.conf" in result, result
+        f"(1 worker processes, CELERY_WORKER_CONCURRENCY, and 1 × {limit} web threads, "
+        "SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)" in result) and (
+        "fix: raise max_connections in postgresql.conf" in result), result
+
+
+@pytest.mark.django_db
+def test_gunicorn_on_a_public_address_itself_is_a_failure(settings, tmp_path):
+    """Slow clients starve a gunicorn that other machines reach directly: doctor says so
+    and names the fix (nginx in front)."""
+    port = free_port()
+    env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
+    process = start_group(["gunicorn", "config.wsgi:application", "--bind", f"0.0.0.0:{port}", "--workers", "1",
+                           "--no-control-socket"], env, tmp_path / "gunicorn.log")
+    try:
+        import httpx
+
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 60,
+                   "gunicorn answers /healthz", alive=process)
+        settings.SWITCHBOARD_BIND = f"0.0.0.0:{port}"
+        code, output = doctor("--skip", "worker,beat")
+    finally:
+        stop_group(process, timeout=20)
+    assert code == 1
+    result = line(output, "port")
+    assert result.startswith(f"FAIL  port        gunicorn itself answers 0.0.0.0:{port}, which other machines can "
+                             "reach: two clients sending their headers slowly hold its workers"), result
+    assert "fix: put nginx in front, as deploy.sh and scripts/start.sh do" in result
 
 
 @pytest.mark.django_db
