@@ -212,9 +212,10 @@ ensure_redis() {
             FIX="see $dir/redis-server.log; is another program using port $port?"
             info "redis-server --daemonize yes --port $port (data and log in $dir)"
             password="$(python3 -c 'import sys; from urllib.parse import unquote, urlsplit; print(unquote(urlsplit(sys.argv[1]).password or ""))' "$url")"
+            # 9>&-: the Redis server outlives this script and must not keep start.sh's lock.
             redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
                 --logfile "$dir/redis-server.log" --pidfile "$dir/redis-server.pid" \
-                ${password:+--requirepass "$password"}
+                ${password:+--requirepass "$password"} 9>&-
         fi
     fi
     for _ in $(seq 1 20); do
@@ -241,6 +242,32 @@ ensure_nginx() {
 }
 
 nginx_binary() { command -v nginx || printf /usr/sbin/nginx; }
+
+# Succeeds when another program listens on HOST:PORT (a bind address, [v6] allowed):
+# binding it the way gunicorn and nginx do (SO_REUSEADDR) fails.
+port_taken() {
+    python3 - "$1" <<'PY'
+import socket
+import sys
+
+host, _, port = sys.argv[1].rpartition(":")
+host = host.strip("[]") or "0.0.0.0"
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(family) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, int(port)))
+    except OSError:
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# Who listens on a TCP port, as `ss` names it ("" when it cannot tell).
+port_owner() {
+    command -v ss >/dev/null || return 0
+    ss -Hltnp "sport = :$1" 2>/dev/null | awk '{for (i = 6; i <= NF; i++) printf "%s ", $i}' | sed 's/ $//'
+}
 
 # A template from deploy/ with every @NAME@ replaced by the NAME=value arguments.
 render() {

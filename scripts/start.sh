@@ -18,6 +18,9 @@ Sets up and runs Switchboard in the foreground:
   8. starts a Celery worker, Celery beat, gunicorn on this machine only and nginx in
      front of it on SWITCHBOARD_BIND; Ctrl-C (or any of them exiting) stops them all
 
+It refuses to start, before it changes anything, while Switchboard already runs from
+the same var dir or another program holds one of its ports.
+
 Options:
   --no-install   never run apt-get or pip (the virtualenv must exist already)
   --help         show this help
@@ -76,6 +79,32 @@ GUNICORN_BIND="${SWITCHBOARD_GUNICORN_BIND:-127.0.0.1:$((PORT + 1))}"
 case "${GUNICORN_BIND##*:}" in
     '' | *[!0-9]* | "$PORT") printf 'SWITCHBOARD_GUNICORN_BIND=%s is not HOST:PORT with a port of its own.\n' "$GUNICORN_BIND" >&2; exit 2 ;;
 esac
+
+# One start per var dir. The lock is held for as long as this script or any service it
+# started runs (they inherit it); a second start refuses here, before it changes
+# anything: it would empty the running instance's metrics and then fail on the port.
+mkdir -p "$VAR_DIR"
+LOCK_FILE="$VAR_DIR/start.lock"
+exec 9>>"$LOCK_FILE"
+if ! flock -n 9; then
+    running="$(sed -n 's/^pid=//p' "$LOCK_FILE")" running_bind="$(sed -n 's/^bind=//p' "$LOCK_FILE")"
+    printf 'Switchboard already runs from %s: scripts/start.sh (pid %s) serves %s.\n' \
+        "$VAR_DIR" "${running:-?}" "${running_bind:-?}" >&2
+    printf 'Nothing was changed. Stop it first (Ctrl-C in its terminal, or: kill %s), or run another\n' \
+        "${running:-PID}" >&2
+    printf 'installation with a var dir and port of its own (SWITCHBOARD_VAR_DIR, SWITCHBOARD_BIND).\n' >&2
+    exit 1
+fi
+for address in "SWITCHBOARD_BIND=$BIND" "SWITCHBOARD_GUNICORN_BIND=$GUNICORN_BIND"; do
+    if port_taken "${address#*=}"; then
+        owner="$(port_owner "${address##*:}")"
+        printf 'Port %s (%s) is taken by another program%s.\n' "${address##*:}" "$address" "${owner:+: $owner}" >&2
+        printf 'Nothing was changed. Stop that program, or choose another port: %s=HOST:PORT\n' "${address%%=*}" >&2
+        exit 1
+    fi
+done
+# Who runs from this var dir, for the message above and for doctor (config/doctor.py).
+printf 'pid=%s\nbind=%s\ngunicorn_bind=%s\nworker=%s\n' "$$" "$BIND" "$GUNICORN_BIND" "$QUEUE@$(hostname)" >"$LOCK_FILE"
 
 # The address a person on this network types into a browser.
 if [ "$BIND_HOST" = 0.0.0.0 ] || [ "$BIND_HOST" = "[::]" ]; then

@@ -233,6 +233,33 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
             server.stop()
 
 
+def test_a_second_start_refuses_before_it_changes_anything(started, tmp_path):
+    metrics = sorted(p.name for p in (started.var_dir / "metrics").iterdir())
+    assert metrics, "the running instance has metrics to lose"
+    pid = started.proc.pid
+    again = subprocess.run(["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=started.env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert (f"Switchboard already runs from {started.var_dir}: scripts/start.sh (pid {pid}) serves "
+            f"127.0.0.1:{started.port}.") in again.stderr
+    assert "Nothing was changed." in again.stderr
+    assert "[1/8]" not in again.stdout
+    # The live instance kept its counters and still answers.
+    assert set(metrics) <= {p.name for p in (started.var_dir / "metrics").iterdir()}
+    assert httpx.get(f"{started.base_url}/healthz", timeout=5).status_code == 200
+
+    # Another var dir on the same port: refused on the port, its var dir left empty.
+    other = tmp_path / "other-var"
+    env = {**started.env, "SWITCHBOARD_VAR_DIR": str(other)}
+    taken = subprocess.run(["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1
+    bind = f"SWITCHBOARD_BIND=127.0.0.1:{started.port}"
+    assert f"Port {started.port} ({bind}) is taken by another program" in taken.stderr
+    assert "Nothing was changed." in taken.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["start.lock"]
+
+
 def _lan_address() -> str:
     """This machine's first address other than loopback ("" when it has none)."""
     found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
