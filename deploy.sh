@@ -745,9 +745,12 @@ fi
 # -- 13 ---------------------------------------------------------------------------------
 
 step "Services: gunicorn on $GUNICORN_BIND behind nginx on $BIND, Celery worker, Celery beat ($MANAGER)"
+# The worker's name is this installation's queue: two installations sharing a broker
+# must have a queue each, and workers of the same name would answer doctor's ping as one.
+worker_name="$(env_get CELERY_TASK_DEFAULT_QUEUE)"
 unit_values=(APP_DIR="$APP_DIR" USER="$SERVICE_USER" GROUP="$SERVICE_GROUP" ENV_FILE="$ENV_FILE" RUN_DIR="$RUN_DIR"
     VENV="$VENV" GUNICORN_BIND="$GUNICORN_BIND" WEB_WORKERS="$WEB_WORKERS" WEB_THREADS="$WEB_THREADS"
-    VAR_DIR="$VAR_DIR" LOG_DIR="$LOG_DIR")
+    WORKER_NAME="${worker_name:-switchboard}" VAR_DIR="$VAR_DIR" LOG_DIR="$LOG_DIR")
 for service in "${SERVICES[@]}"; do
     render "deploy/systemd/switchboard-$service.service" "${unit_values[@]}" | put "$UNIT_DIR/switchboard-$service.service" 644
 done

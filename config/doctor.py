@@ -8,6 +8,7 @@ with its message.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -246,24 +247,43 @@ def _broker(options: Options) -> str:
         return f"{broker.as_uri()} answers"
 
 
-@check("worker")
-def _worker(options: Options) -> str:
+def _worker_answers(timeout: float) -> list[tuple[str, list[dict]]]:
+    """Every worker on the broker that answers, with the queues it consumes. One entry
+    per answer, not per name: `inspect()` keys its answers by worker name, so of two
+    installations whose workers share a name it kept one, often the other's."""
     from config.celery import app
 
+    replies = app.control.broadcast("active_queues", reply=True, timeout=timeout) or []
+    return [(name, queues or []) for reply in replies for name, queues in reply.items()]
+
+
+@check("worker")
+def _worker(options: Options) -> str:
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    answers = app.control.inspect(timeout=options.worker_timeout).active_queues() or {}
-    consuming = sorted(name for name, queues in answers.items() if any(q.get("name") == queue for q in queues))
+    answers = _worker_answers(options.worker_timeout)
+    consuming = sorted(name for name, queues in answers if any(q.get("name") == queue for q in queues))
     if consuming:
-        return f"{len(consuming)} worker(s) consume queue {queue!r}: {', '.join(consuming)}"
-    if answers:
-        others = sorted({q.get("name") for queues in answers.values() for q in queues})
+        names = [name for name, _ in answers]
+        shared = sorted({name for name in consuming if names.count(name) > 1})
+        note = (
+            f"; {len(shared)} name(s) answer more than once ({', '.join(shared)}): give every installation on this "
+            "broker its own CELERY_TASK_DEFAULT_QUEUE, which names its worker <queue>@<host>"
+            if shared else ""
+        )
+        return f"{len(consuming)} worker(s) consume queue {queue!r}: {', '.join(consuming)}{note}"
+    others = sorted({q.get("name") for _, queues in answers for q in queues})
+    if any(name.startswith(f"{queue}@") for name, _ in answers):
+        # This installation's worker (the units and start.sh name it <queue>@<host>)
+        # answers, but consumes something else.
         raise Failed(
             f"workers answer, but none consumes queue {queue!r} (they consume {', '.join(others)})",
             "give the worker and the web processes the same CELERY_TASK_DEFAULT_QUEUE, then restart the worker",
         )
+    # Workers of other installations on the same broker answer too; they do not count.
+    elsewhere = f"; {len(answers)} other worker(s) on this broker did (queues {', '.join(others)})" if answers else ""
     raise Failed(
-        f"no Celery worker answered a ping within {options.worker_timeout:g} s: messages are recorded but "
-        "nobody answers them",
+        f"no worker of this installation answered a ping within {options.worker_timeout:g} s: messages are "
+        f"recorded but nobody answers them{elsewhere}",
         service_fix("worker"),
     )
 
@@ -333,9 +353,32 @@ def _is_healthz(status: int, body: bytes) -> bool:
         return False
 
 
+def running_start() -> dict[str, str]:
+    """What the scripts/start.sh running from this var dir recorded (bind, gunicorn_bind,
+    worker, pid); {} when none runs. It holds a lock on the file while it runs, so a
+    file left by one that has stopped is not believed."""
+    path = Path(settings.VAR_DIR) / "start.lock"
+    try:
+        with path.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return dict(line.split("=", 1) for line in handle.read().splitlines() if "=" in line)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return {}
+
+
+def configured_bind() -> str:
+    """The address clients call: the running scripts/start.sh's (it may have been given
+    SWITCHBOARD_BIND in a shell this one does not share), else SWITCHBOARD_BIND."""
+    return running_start().get("bind") or settings.SWITCHBOARD_BIND
+
+
 @check("port")
 def _port(options: Options) -> str:
-    bind = settings.SWITCHBOARD_BIND
+    bind = configured_bind()
     host, port = _local_address(bind)
     try:
         with socket.create_connection((host, port), timeout=3) as connection:
@@ -359,7 +402,7 @@ def _port(options: Options) -> str:
     if server.startswith("nginx") and status in (502, 504):
         raise Failed(
             f"nginx answers {host}:{port}, but gunicorn behind it does not (HTTP {status}; "
-            f"SWITCHBOARD_GUNICORN_BIND {settings.SWITCHBOARD_GUNICORN_BIND})",
+            f"SWITCHBOARD_GUNICORN_BIND {running_start().get('gunicorn_bind') or settings.SWITCHBOARD_GUNICORN_BIND})",
             service_fix("web"),
         )
     owner = _listening_program(port)

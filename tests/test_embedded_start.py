@@ -260,6 +260,20 @@ def test_a_second_start_refuses_before_it_changes_anything(started, tmp_path):
     assert sorted(p.name for p in other.iterdir()) == ["start.lock"]
 
 
+def test_doctor_in_another_shell_finds_this_start(started):
+    """doctor without this start's SWITCHBOARD_BIND (another terminal) checks the port
+    start.sh serves, not the default one, and finds the worker named after this
+    installation's queue."""
+    wait_until(lambda: _pong(f"{started.name}@{socket.gethostname()}", started.env), 60, "the worker answers",
+               interval=1)
+    result = _manage(started, "doctor", "--json", "--skip", "beat", drop=("SWITCHBOARD_BIND",))
+    checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+    assert checks["port"]["status"] == "ok", checks["port"]
+    assert checks["port"]["detail"] == f"Switchboard answers /healthz on 127.0.0.1:{started.port} through nginx"
+    assert checks["worker"]["status"] == "ok", checks["worker"]
+    assert f"{started.name}@{socket.gethostname()}" in checks["worker"]["detail"]
+
+
 def _lan_address() -> str:
     """This machine's first address other than loopback ("" when it has none)."""
     found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()

@@ -246,6 +246,8 @@ def test_units_site_and_policy_are_written(deployed):
     web = (units / "switchboard-web.service").read_text()
     # gunicorn on loopback only, with threads; nginx answers --port (the site, below).
     assert f"--bind 127.0.0.1:{deployed.gunicorn_port} --workers 2 --worker-class gthread --threads 4" in web
+    worker = (units / "switchboard-worker.service").read_text()
+    assert f"--hostname {deployed.name}@%%h" in worker  # this installation's queue names its worker
     assert f"Environment=PROMETHEUS_MULTIPROC_DIR={deployed.run_dir}/metrics" in web
     for service in ("web", "worker", "beat"):
         text = (units / f"switchboard-{service}.service").read_text()
@@ -387,6 +389,8 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     assert re.search(r"^OK +nginx +serves https://sb\.test:\d+/healthz over HTTPS$", doctor.stdout, re.MULTILINE)
     assert re.search(rf"^OK +port +Switchboard answers /healthz on 127\.0\.0\.1:{deployed.port} through nginx$",
                      doctor.stdout, re.MULTILINE)
+    assert re.search(rf"^OK +worker +1 worker\(s\) consume queue '{deployed.name}': {deployed.name}@",
+                     doctor.stdout, re.MULTILINE)
     assert "self-signed" in doctor.stdout
 
     worker = deployed.services()["worker"]
@@ -395,7 +399,8 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     try:
         red = deployed.bin("switchboard-manage", "doctor")
         assert red.returncode == 1
-        assert re.search(r"^FAIL +worker +no Celery worker answered a ping within 3 s", red.stdout, re.MULTILINE)
+        assert re.search(r"^FAIL +worker +no worker of this installation answered a ping within 3 s", red.stdout,
+                         re.MULTILINE)
         assert (f"fix: sudo switchboard-supervisor restart; see why it stopped in {deployed.log_dir}/worker.log"
                 in red.stdout)
         assert red.stdout.rstrip().endswith("1 of 16 checks failed.")
