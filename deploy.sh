@@ -22,7 +22,10 @@ Seed options:
                           in the console (or set SWITCHBOARD_MODEL_API_KEY)
                           true: a model server on this machine's GPU, OpenAI-compatible
                           at http://127.0.0.1:11434/v1 (Ollama; qwen2.5:7b-instruct)
-  --port=18789            the port gunicorn listens on (platforms may call it directly)
+  --port=18789            the plain-HTTP port platforms may call directly: nginx, which
+                          reads each request whole before gunicorn gets it
+  --gunicorn-port=N       the port gunicorn itself listens on, on 127.0.0.1 only
+                          (default: --port + 1)
 
 Server options:
   --domain=NAME           the public host name: nginx server_name, ALLOWED_HOSTS, the
@@ -32,7 +35,7 @@ Server options:
                           /var/lib/switchboard, fine for one machine)
   --redis-url=URL         Redis for cache and broker (default redis://127.0.0.1:6379/0;
                           installed and started here when it is local)
-  --listen=ADDRESS        the address gunicorn and nginx listen on (default: all)
+  --listen=ADDRESS        the address nginx listens on (default: all)
   --https-port=443        nginx's HTTPS port;  --http-port=80  its plain-HTTP port
   --tls-cert=FILE --tls-key=FILE
                           the certificate (full chain) and key nginx serves; without
@@ -82,8 +85,8 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1; shift; continue ;;
         --no-start) NO_START=1; shift; continue ;;
         --supervisor) OPT[supervisor]=1; shift; continue ;;
-        --model-type | --gpu | --port | --domain | --admin-email | --database-url | --redis-url | --listen | \
-            --https-port | --http-port | --tls-cert | --tls-key | --model-url | --model-name | --set | --root | --venv)
+        --model-type | --gpu | --port | --gunicorn-port | --domain | --admin-email | --database-url | --redis-url | \
+            --listen | --https-port | --http-port | --tls-cert | --tls-key | --model-url | --model-name | --set | --root | --venv)
             if [[ "$arg" == *=* ]]; then  # --name=value
                 value="${arg#*=}"
                 shift
@@ -146,6 +149,7 @@ LISTEN="${OPT[listen]:-}"
 HTTPS_PORT="${OPT[https-port]:-443}"
 HTTP_PORT="${OPT[http-port]:-80}"
 WEB_WORKERS="${SWITCHBOARD_WEB_WORKERS:-${OPT[web-workers]:-$(($(nproc) * 2 + 1 > 9 ? 9 : $(nproc) * 2 + 1))}}"
+WEB_THREADS="${SWITCHBOARD_WEB_THREADS:-${OPT[web-threads]:-4}}"
 
 case "$MODEL_TYPE" in
     dialog) ;;
@@ -155,7 +159,8 @@ case "$GPU" in
     true | false) ;;
     *) printf -- '--gpu=%s: use true or false.\n' "$GPU" >&2; exit 2 ;;
 esac
-for port_option in "port=$PORT" "https-port=$HTTPS_PORT" "http-port=$HTTP_PORT" "SWITCHBOARD_WEB_WORKERS=$WEB_WORKERS"; do
+for port_option in "port=$PORT" "https-port=$HTTPS_PORT" "http-port=$HTTP_PORT" "gunicorn-port=${OPT[gunicorn-port]:-1}" \
+    "SWITCHBOARD_WEB_WORKERS=$WEB_WORKERS" "SWITCHBOARD_WEB_THREADS=$WEB_THREADS"; do
     case "${port_option#*=}" in
         '' | *[!0-9]* | 0) printf -- '%s is not a positive whole number.\n' "$port_option" >&2; exit 2 ;;
     esac
@@ -194,6 +199,12 @@ VENV="${VENV_GIVEN:-$APP_HOME/venv}"
 PUBLIC_URL="https://$DOMAIN$([ "$HTTPS_PORT" = 443 ] || printf ':%s' "$HTTPS_PORT")"
 BIND="${LISTEN:-0.0.0.0}:$PORT"
 case "$LISTEN" in *:*) BIND="[$LISTEN]:$PORT" ;; esac
+# gunicorn is reached through nginx only (deploy/nginx/switchboard-clients.conf says why).
+GUNICORN_BIND="127.0.0.1:${OPT[gunicorn-port]:-$((PORT + 1))}"
+if [ "${GUNICORN_BIND##*:}" = "$PORT" ]; then
+    printf -- '--gunicorn-port=%s: nginx listens on that port (--port); choose another.\n' "${GUNICORN_BIND##*:}" >&2
+    exit 2
+fi
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -239,22 +250,6 @@ make_dir() {
     mkdir -p "$dir"
     chmod "$mode" "$dir"
     if [ -n "$owner" ] && is_root; then chown "$owner" "$dir"; fi
-}
-
-# A template from deploy/ with every @NAME@ replaced by the NAME=value arguments.
-render() {
-    python3 - "$@" <<'PY'
-import re
-import sys
-
-template, *pairs = sys.argv[1:]
-values = dict(pair.split("=", 1) for pair in pairs)
-text = open(template).read()
-missing = sorted(set(re.findall(r"@([A-Z_]+)@", text)) - values.keys())
-if missing:
-    sys.exit(f"{template}: no value for {', '.join(missing)}")
-print(re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text), end="")
-PY
 }
 
 # Set KEY=VALUE in the env file (replacing an existing line), or add it.
@@ -514,6 +509,9 @@ env_set STATIC_ROOT "$VAR_DIR/static"
 env_set LOG_DIR "$LOG_DIR"
 env_set SWITCHBOARD_SERVICE_MANAGER "$MANAGER"
 env_set SWITCHBOARD_BIND "$BIND"
+env_set SWITCHBOARD_GUNICORN_BIND "$GUNICORN_BIND"
+env_set SWITCHBOARD_WEB_WORKERS "$WEB_WORKERS"
+env_set SWITCHBOARD_WEB_THREADS "$WEB_THREADS"
 env_set SWITCHBOARD_PUBLIC_URL "$PUBLIC_URL"
 env_set TLS_CERTIFICATE_PATH "${OPT[tls-cert]:-$TLS_DIR/fullchain.pem}"
 env_set REDIS_URL "$REDIS_URL_WANTED"
@@ -535,13 +533,13 @@ done
 if [ "$DRY_RUN" -eq 0 ]; then
     {
         printf '# deploy.sh options of the last run; options given next time win.\n'
-        for key in model-type gpu port domain listen https-port http-port tls-cert tls-key model-url model-name supervisor \
-            web-workers venv; do
+        for key in model-type gpu port gunicorn-port domain listen https-port http-port tls-cert tls-key model-url \
+            model-name supervisor web-workers web-threads venv; do
             value="${OPT[$key]:-}"
             case "$key" in
                 model-type) value="$MODEL_TYPE" ;; gpu) value="$GPU" ;; port) value="$PORT" ;;
                 https-port) value="$HTTPS_PORT" ;; http-port) value="$HTTP_PORT" ;;
-                web-workers) value="$WEB_WORKERS" ;;
+                web-workers) value="$WEB_WORKERS" ;; web-threads) value="$WEB_THREADS" ;;
             esac
             [ -z "$value" ] || printf '%s=%s\n' "$key" "$value"
         done
@@ -685,10 +683,12 @@ fi
 if [ -n "$LISTEN" ]; then
     https_listen="$LISTEN:$HTTPS_PORT"
     http_listen="$LISTEN:$HTTP_PORT"
+    direct_listen="$BIND"
     case "$LISTEN" in *:*) https_listen="[$LISTEN]:$HTTPS_PORT" http_listen="[$LISTEN]:$HTTP_PORT" ;; esac
 else
     https_listen="$HTTPS_PORT"
     http_listen="$HTTP_PORT"
+    direct_listen="$PORT"
 fi
 default_server=""
 if [ -z "${OPT[domain]:-}" ]; then
@@ -700,11 +700,15 @@ if [ -z "${OPT[domain]:-}" ]; then
     fi
 fi
 max_body="$(env_get CALLBACK_MAX_BODY_BYTES)"
-render deploy/nginx/switchboard-proxy.conf | put "$NGINX_DIR/snippets/switchboard-proxy.conf" 644
-render deploy/nginx/switchboard.conf PORT="$PORT" HTTP_LISTEN="$http_listen" HTTPS_LISTEN="$https_listen" \
+for snippet in switchboard-proxy switchboard-clients; do
+    render "deploy/nginx/$snippet.conf" | put "$NGINX_DIR/snippets/$snippet.conf" 644
+done
+render deploy/nginx/switchboard.conf GUNICORN_BIND="$GUNICORN_BIND" DIRECT_LISTEN="$direct_listen" \
+    HTTP_LISTEN="$http_listen" HTTPS_LISTEN="$https_listen" \
     DEFAULT_SERVER="$default_server" SERVER_NAME="$([ -n "${OPT[domain]:-}" ] && printf '%s' "$DOMAIN" || printf '_')" \
     HTTPS_PORT_SUFFIX="$([ "$HTTPS_PORT" = 443 ] || printf ':%s' "$HTTPS_PORT")" TLS_CERT="$TLS_CERT" TLS_KEY="$TLS_KEY" \
-    MAX_BODY="${max_body:-1048576}" NGINX_DIR="$NGINX_DIR" | put "$NGINX_DIR/sites-available/switchboard.conf" 644
+    MAX_BODY="$(nginx_body_limit "${max_body:-1048576}")" NGINX_DIR="$NGINX_DIR" \
+    | put "$NGINX_DIR/sites-available/switchboard.conf" 644
 run mkdir -p "$NGINX_DIR/sites-enabled"
 run ln -sfn ../sites-available/switchboard.conf "$NGINX_DIR/sites-enabled/switchboard.conf"
 if [ -n "$ROOT" ]; then
@@ -717,18 +721,8 @@ fi
 FIX="read nginx's message above; the site is $NGINX_DIR/sites-available/switchboard.conf (is another server using port $HTTPS_PORT or $HTTP_PORT?)"
 run "$NGINX_BIN" -t -q -c "$NGINX_CONF"
 did "nginx accepts the configuration ($NGINX_DIR/sites-available/switchboard.conf)"
-if [ -z "$ROOT" ] && [ "$NO_START" -eq 0 ]; then
-    FIX="see why nginx does not start: journalctl -u nginx -n 50 (or /var/log/nginx/error.log)"
-    if has_systemd; then
-        run systemctl enable --quiet nginx
-        run systemctl reload-or-restart nginx
-    elif [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
-        run "$NGINX_BIN" -s reload
-    else
-        run "$NGINX_BIN"
-        did "started nginx (no systemd: it runs as a daemon of its own; it does not start at boot)"
-    fi
-    did "nginx serves $PUBLIC_URL"
+if [ -z "$ROOT" ]; then
+    info "nginx takes the new site once the services have restarted (step 13): until then gunicorn may still hold port $PORT"
 fi
 
 # -- 12 ---------------------------------------------------------------------------------
@@ -750,9 +744,13 @@ fi
 
 # -- 13 ---------------------------------------------------------------------------------
 
-step "Services: gunicorn on $BIND, Celery worker, Celery beat ($MANAGER)"
+step "Services: gunicorn on $GUNICORN_BIND behind nginx on $BIND, Celery worker, Celery beat ($MANAGER)"
+# The worker's name is this installation's queue: two installations sharing a broker
+# must have a queue each, and workers of the same name would answer doctor's ping as one.
+worker_name="$(env_get CELERY_TASK_DEFAULT_QUEUE)"
 unit_values=(APP_DIR="$APP_DIR" USER="$SERVICE_USER" GROUP="$SERVICE_GROUP" ENV_FILE="$ENV_FILE" RUN_DIR="$RUN_DIR"
-    VENV="$VENV" BIND="$BIND" WEB_WORKERS="$WEB_WORKERS" VAR_DIR="$VAR_DIR" LOG_DIR="$LOG_DIR")
+    VENV="$VENV" GUNICORN_BIND="$GUNICORN_BIND" WEB_WORKERS="$WEB_WORKERS" WEB_THREADS="$WEB_THREADS"
+    WORKER_NAME="${worker_name:-switchboard}" VAR_DIR="$VAR_DIR" LOG_DIR="$LOG_DIR")
 for service in "${SERVICES[@]}"; do
     render "deploy/systemd/switchboard-$service.service" "${unit_values[@]}" | put "$UNIT_DIR/switchboard-$service.service" 644
 done
@@ -792,6 +790,21 @@ else
     run "$BIN_DIR/switchboard-supervisor" stop >/dev/null
     run "$BIN_DIR/switchboard-supervisor" start
     info "stop: $BIN_DIR/switchboard-supervisor stop; status: $BIN_DIR/switchboard-supervisor status"
+fi
+# The system's nginx takes the site only now: until the services restarted, a gunicorn
+# of the last release may still have listened on --port itself.
+if [ -z "$ROOT" ] && [ "$NO_START" -eq 0 ]; then
+    FIX="see why nginx does not start: journalctl -u nginx -n 50 (or /var/log/nginx/error.log); is port $PORT free?"
+    if has_systemd; then
+        run systemctl enable --quiet nginx
+        run systemctl reload-or-restart nginx
+    elif [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+        run "$NGINX_BIN" -s reload
+    else
+        run "$NGINX_BIN"
+        did "started nginx (no systemd: it runs as a daemon of its own; it does not start at boot)"
+    fi
+    did "nginx serves $PUBLIC_URL and http://$DOMAIN:$PORT/"
 fi
 if [ "$NO_START" -eq 0 ] && [ "$DRY_RUN" -eq 0 ] && [ -d "$APP_HOME/releases" ]; then
     # Nothing runs older code now: keep the current release and the one before.
@@ -850,7 +863,7 @@ else
 fi
 printf '  Console:    %s/admin/   (two-factor sign-in; admins from ADMIN_ALLOWED_CIDRS only)\n' "$PUBLIC_URL"
 printf '  Callbacks:  %s/callback/<platform>/<bot-uuid>/\n' "$PUBLIC_URL"
-printf '              or http://%s:%s/callback/<platform>/<bot-uuid>/ on gunicorn directly\n' "$DOMAIN" "$PORT"
+printf '              or http://%s:%s/callback/<platform>/<bot-uuid>/ over plain HTTP\n' "$DOMAIN" "$PORT"
 if [ "$DRY_RUN" -eq 0 ]; then
     manage shell --no-imports -c '
 from bots.models import Bot

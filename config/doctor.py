@@ -8,6 +8,7 @@ with its message.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -194,16 +195,23 @@ def _capacity(options: Options) -> str:
                        "WHERE backend_type = 'client backend'")
         limit, reserved, used = cursor.fetchone()
     usable, pool = limit - reserved, settings.CELERY_WORKER_CONCURRENCY
-    # Every worker process and gunicorn worker keeps a connection of its own; a restart
-    # or a new worker machine needs a whole pool's worth free, or its tasks fail to claim.
-    if usable - used < pool:
+    workers, threads = settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS
+    web = workers * threads
+    # Every worker process, and every thread of every gunicorn worker, keeps a connection
+    # of its own (CONN_MAX_AGE); a restart or another machine like this one needs as many
+    # free, or its callbacks fail to record and its tasks fail to claim.
+    if usable - used < pool + web:
         raise Failed(
-            f"{used} of PostgreSQL's {usable} connections are in use: another worker pool here "
-            f"({pool} processes, CELERY_WORKER_CONCURRENCY) would not get its connections",
-            "raise max_connections in postgresql.conf and restart PostgreSQL, or lower "
-            "CELERY_WORKER_CONCURRENCY / SWITCHBOARD_WEB_WORKERS (docs/performance.md, How it scales out)",
+            f"{used} of PostgreSQL's {usable} connections are in use: another machine like this one would not get "
+            f"its connections ({pool} worker processes, CELERY_WORKER_CONCURRENCY, and {workers} × {threads} "
+            "web threads, SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)",
+            "raise max_connections in postgresql.conf and restart PostgreSQL, or lower CELERY_WORKER_CONCURRENCY / "
+            "SWITCHBOARD_WEB_WORKERS / SWITCHBOARD_WEB_THREADS (docs/performance.md, How it scales out)",
         )
-    return f"{used} of PostgreSQL's {usable} connections in use, room for another worker pool of {pool}"
+    return (
+        f"{used} of PostgreSQL's {usable} connections in use, room for another machine like this one: "
+        f"{pool} worker processes and {workers} × {threads} web threads"
+    )
 
 
 @check("static")
@@ -239,24 +247,43 @@ def _broker(options: Options) -> str:
         return f"{broker.as_uri()} answers"
 
 
-@check("worker")
-def _worker(options: Options) -> str:
+def _worker_answers(timeout: float) -> list[tuple[str, list[dict]]]:
+    """Every worker on the broker that answers, with the queues it consumes. One entry
+    per answer, not per name: `inspect()` keys its answers by worker name, so of two
+    installations whose workers share a name it kept one, often the other's."""
     from config.celery import app
 
+    replies = app.control.broadcast("active_queues", reply=True, timeout=timeout) or []
+    return [(name, queues or []) for reply in replies for name, queues in reply.items()]
+
+
+@check("worker")
+def _worker(options: Options) -> str:
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    answers = app.control.inspect(timeout=options.worker_timeout).active_queues() or {}
-    consuming = sorted(name for name, queues in answers.items() if any(q.get("name") == queue for q in queues))
+    answers = _worker_answers(options.worker_timeout)
+    consuming = sorted(name for name, queues in answers if any(q.get("name") == queue for q in queues))
     if consuming:
-        return f"{len(consuming)} worker(s) consume queue {queue!r}: {', '.join(consuming)}"
-    if answers:
-        others = sorted({q.get("name") for queues in answers.values() for q in queues})
+        names = [name for name, _ in answers]
+        shared = sorted({name for name in consuming if names.count(name) > 1})
+        note = (
+            f"; {len(shared)} name(s) answer more than once ({', '.join(shared)}): give every installation on this "
+            "broker its own CELERY_TASK_DEFAULT_QUEUE, which names its worker <queue>@<host>"
+            if shared else ""
+        )
+        return f"{len(consuming)} worker(s) consume queue {queue!r}: {', '.join(consuming)}{note}"
+    others = sorted({q.get("name") for _, queues in answers for q in queues})
+    if any(name.startswith(f"{queue}@") for name, _ in answers):
+        # This installation's worker (the units and start.sh name it <queue>@<host>)
+        # answers, but consumes something else.
         raise Failed(
             f"workers answer, but none consumes queue {queue!r} (they consume {', '.join(others)})",
             "give the worker and the web processes the same CELERY_TASK_DEFAULT_QUEUE, then restart the worker",
         )
+    # Workers of other installations on the same broker answer too; they do not count.
+    elsewhere = f"; {len(answers)} other worker(s) on this broker did (queues {', '.join(others)})" if answers else ""
     raise Failed(
-        f"no Celery worker answered a ping within {options.worker_timeout:g} s: messages are recorded but "
-        "nobody answers them",
+        f"no worker of this installation answered a ping within {options.worker_timeout:g} s: messages are "
+        f"recorded but nobody answers them{elsewhere}",
         service_fix("worker"),
     )
 
@@ -291,6 +318,11 @@ def _listening_program(port: int) -> str:
     return " ".join(shown.split()[5:]) if shown.strip() else ""
 
 
+def _reachable_from_outside(bind: str) -> bool:
+    host = bind.rpartition(":")[0].strip("[]")
+    return host not in ("localhost", "::1") and not host.startswith("127.")
+
+
 def _local_address(bind: str) -> tuple[str, int]:
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
@@ -306,11 +338,12 @@ def _host_header() -> str:
     return names[0] if names else "localhost"
 
 
-def _get(connection: socket.socket, host: str, path: str) -> tuple[int, bytes]:
+def _get(connection: socket.socket, host: str, path: str) -> tuple[int, bytes, str]:
+    """(status, body, the Server header) of GET path."""
     connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     response = http.client.HTTPResponse(connection)  # type: ignore[arg-type]
     response.begin()
-    return response.status, response.read(4096)
+    return response.status, response.read(4096), response.getheader("Server", "")
 
 
 def _is_healthz(status: int, body: bytes) -> bool:
@@ -320,19 +353,58 @@ def _is_healthz(status: int, body: bytes) -> bool:
         return False
 
 
+def running_start() -> dict[str, str]:
+    """What the scripts/start.sh running from this var dir recorded (bind, gunicorn_bind,
+    worker, pid); {} when none runs. It holds a lock on the file while it runs, so a
+    file left by one that has stopped is not believed."""
+    path = Path(settings.VAR_DIR) / "start.lock"
+    try:
+        with path.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return dict(line.split("=", 1) for line in handle.read().splitlines() if "=" in line)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return {}
+
+
+def configured_bind() -> str:
+    """The address clients call: the running scripts/start.sh's (it may have been given
+    SWITCHBOARD_BIND in a shell this one does not share), else SWITCHBOARD_BIND."""
+    return running_start().get("bind") or settings.SWITCHBOARD_BIND
+
+
 @check("port")
 def _port(options: Options) -> str:
-    host, port = _local_address(settings.SWITCHBOARD_BIND)
+    bind = configured_bind()
+    host, port = _local_address(bind)
     try:
         with socket.create_connection((host, port), timeout=3) as connection:
             connection.settimeout(5)
-            status, body = _get(connection, _host_header(), "/healthz")
+            status, body, server = _get(connection, _host_header(), "/healthz")
     except ConnectionRefusedError:
         raise Failed(f"nothing listens on {host}:{port}: gunicorn is not running", service_fix("web")) from None
     except (OSError, http.client.HTTPException) as exc:
-        status, body = 0, str(exc).encode()
+        status, body, server = 0, str(exc).encode(), ""
     if _is_healthz(status, body):
+        if server.startswith("nginx"):
+            return f"Switchboard answers /healthz on {host}:{port} through nginx"
+        if _reachable_from_outside(bind):
+            raise Failed(
+                f"gunicorn itself answers {bind}, which other machines can reach: two clients sending their "
+                "headers slowly hold its workers, and every callback waits",
+                "put nginx in front, as deploy.sh and scripts/start.sh do: nginx on SWITCHBOARD_BIND, gunicorn "
+                "on SWITCHBOARD_GUNICORN_BIND (127.0.0.1); docs/operations.md",
+            )
         return f"gunicorn answers /healthz on {host}:{port}"
+    if server.startswith("nginx") and status in (502, 504):
+        raise Failed(
+            f"nginx answers {host}:{port}, but gunicorn behind it does not (HTTP {status}; "
+            f"SWITCHBOARD_GUNICORN_BIND {running_start().get('gunicorn_bind') or settings.SWITCHBOARD_GUNICORN_BIND})",
+            service_fix("web"),
+        )
     owner = _listening_program(port)
     raise Failed(
         f"port {port} is taken by another program{f' ({owner})' if owner else ''}: it answered /healthz with "
@@ -351,7 +423,7 @@ def _served_certificate() -> tuple[int, bytes, bytes]:
         with context.wrap_socket(raw, server_hostname=url.hostname) as connection:
             connection.settimeout(5)
             certificate = connection.getpeercert(binary_form=True) or b""
-            status, body = _get(connection, url.netloc, "/healthz")
+            status, body, _ = _get(connection, url.netloc, "/healthz")
     return status, body, certificate
 
 

@@ -370,6 +370,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 METRICS_ALLOWED_CIDRS = env_networks("METRICS_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
 METRICS_TOKEN = env_secret("METRICS_TOKEN") or ""
 SWITCHBOARD_BIND = env_str("SWITCHBOARD_BIND", "0.0.0.0:18789")
+# gunicorn itself listens on this machine only: nginx answers SWITCHBOARD_BIND and passes
+# a request on once it has read it whole, so a client trickling its headers holds one of
+# nginx's connections and never a web thread (deploy/nginx, docs/operations.md).
+# Unset: 127.0.0.1 and the port after SWITCHBOARD_BIND's.
+SWITCHBOARD_GUNICORN_BIND = env_str("SWITCHBOARD_GUNICORN_BIND", "") or (
+    f"127.0.0.1:{int(SWITCHBOARD_BIND.rpartition(':')[2] or 18789) + 1}"
+)
+# gunicorn's processes and threads per process (gthread): a passive WeChat reply holds a
+# thread for up to WECHAT_PASSIVE_HOLD_MS, and every thread may keep a database
+# connection open (CONN_MAX_AGE), which doctor's capacity check counts.
+SWITCHBOARD_WEB_WORKERS = env_int("SWITCHBOARD_WEB_WORKERS", 2, minimum=1)
+SWITCHBOARD_WEB_THREADS = env_int("SWITCHBOARD_WEB_THREADS", 4, minimum=1)
 SWITCHBOARD_PUBLIC_URL = env_str("SWITCHBOARD_PUBLIC_URL", "").rstrip("/")
 TLS_CERTIFICATE_PATH = env_str("TLS_CERTIFICATE_PATH", "")
 SWITCHBOARD_SERVICE_MANAGER = env_str("SWITCHBOARD_SERVICE_MANAGER", "")

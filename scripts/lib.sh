@@ -1,4 +1,4 @@
-# Shared by scripts/start.sh and scripts/test.sh; source it, do not run it.
+# Shared by scripts/start.sh, scripts/test.sh and deploy.sh; source it, do not run it.
 #
 # Each script announces its steps with `step`, sets FIX to the advice for the step that
 # is running, and installs `trap on_error ERR`, so any failing command ends with the name
@@ -212,9 +212,10 @@ ensure_redis() {
             FIX="see $dir/redis-server.log; is another program using port $port?"
             info "redis-server --daemonize yes --port $port (data and log in $dir)"
             password="$(python3 -c 'import sys; from urllib.parse import unquote, urlsplit; print(unquote(urlsplit(sys.argv[1]).password or ""))' "$url")"
+            # 9>&-: the Redis server outlives this script and must not keep start.sh's lock.
             redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
                 --logfile "$dir/redis-server.log" --pidfile "$dir/redis-server.pid" \
-                ${password:+--requirepass "$password"}
+                ${password:+--requirepass "$password"} 9>&-
         fi
     fi
     for _ in $(seq 1 20); do
@@ -226,3 +227,65 @@ ensure_redis() {
     done
     fail "Redis was started but does not answer at $host:$port after 10 seconds"
 }
+
+# nginx installed: apt-get install it when missing (and allowed). Prints nothing; the
+# caller says what it uses nginx for.
+ensure_nginx() {
+    local no_install="$1"
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+        return
+    fi
+    FIX="run: sudo apt-get install -y nginx   (then run this script again)"
+    [ "$no_install" -eq 0 ] || fail "nginx is not installed and --no-install forbids installing it"
+    is_root || fail "nginx is not installed and this script is not running as root"
+    apt_install nginx
+}
+
+nginx_binary() { command -v nginx || printf /usr/sbin/nginx; }
+
+# Succeeds when another program listens on HOST:PORT (a bind address, [v6] allowed):
+# binding it the way gunicorn and nginx do (SO_REUSEADDR) fails.
+port_taken() {
+    python3 - "$1" <<'PY'
+import socket
+import sys
+
+host, _, port = sys.argv[1].rpartition(":")
+host = host.strip("[]") or "0.0.0.0"
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(family) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, int(port)))
+    except OSError:
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# Who listens on a TCP port, as `ss` names it ("" when it cannot tell).
+port_owner() {
+    command -v ss >/dev/null || return 0
+    ss -Hltnp "sport = :$1" 2>/dev/null | awk '{for (i = 6; i <= NF; i++) printf "%s ", $i}' | sed 's/ $//'
+}
+
+# A template from deploy/ with every @NAME@ replaced by the NAME=value arguments.
+render() {
+    python3 - "$@" <<'PY'
+import re
+import sys
+
+template, *pairs = sys.argv[1:]
+values = dict(pair.split("=", 1) for pair in pairs)
+text = open(template).read()
+missing = sorted(set(re.findall(r"@([A-Z_]+)@", text)) - values.keys())
+if missing:
+    sys.exit(f"{template}: no value for {', '.join(missing)}")
+print(re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text), end="")
+PY
+}
+
+# nginx's client_max_body_size for a CALLBACK_MAX_BODY_BYTES: room above it, so that
+# Switchboard itself refuses a body a little too large with its own answer (a JSON error
+# on the API); nginx answers 413 only to one far too large to be worth buffering.
+nginx_body_limit() { printf '%s' "$(($1 * 4))"; }

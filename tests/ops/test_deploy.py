@@ -26,6 +26,7 @@ from tests.fakes.model import FakeModel
 from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom, wecom_callback, wecom_text_xml
 from tests.ops.conftest import tool
 from tests.processes import REPO_ROOT, free_port, group_members, process_env, wait_until
+from tests.slow_clients import assert_answered_while_held, passive_bot_config
 from tests.test_deploy_check import _variables_read_by_settings
 
 DEPLOY = str(REPO_ROOT / "deploy.sh")
@@ -128,6 +129,7 @@ class Deployment:
     root: Path
     name: str
     port: int
+    gunicorn_port: int
     https_port: int
     http_port: int
     wecom: FakeWeCom
@@ -187,7 +189,7 @@ def _alive(pid: int) -> bool:
 def deployed(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy") / "root"
     name = f"{os.environ['SWITCHBOARD_TEST_RUN']}-deploy"
-    ports = {"port": free_port(), "https": free_port(), "http": free_port()}
+    ports = {"port": free_port(), "gunicorn": free_port(), "https": free_port(), "http": free_port()}
     wecom, model = FakeWeCom().start(), FakeModel().start()
     bot = SimpleNamespace(uuid=uuid4(), app_id=DEFAULT_CORP_ID, token="deploy-test-token",
                           encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
@@ -195,7 +197,8 @@ def deployed(tmp_path_factory):
     try:
         first = run_deploy(
             f"--root={root}", f"--venv={REPO_ROOT / '.venv'}", "--listen=127.0.0.1", "--domain=sb.test",
-            "--admin-email=ops@sb.test", f"--port={ports['port']}", f"--https-port={ports['https']}",
+            "--admin-email=ops@sb.test", f"--port={ports['port']}", f"--gunicorn-port={ports['gunicorn']}",
+            f"--https-port={ports['https']}",
             f"--http-port={ports['http']}", f"--redis-url={REDIS_URL}", "--gpu=false",
             f"--model-url={model.url}/v1", "--model-name=m1",
             f"--set=CACHE_KEY_PREFIX={name}", f"--set=CELERY_TASK_DEFAULT_QUEUE={name}",
@@ -203,7 +206,8 @@ def deployed(tmp_path_factory):
             SWITCHBOARD_ADMIN_USER=ADMIN_USER, SWITCHBOARD_ADMIN_PASSWORD=ADMIN_PASSWORD, SWITCHBOARD_WEB_WORKERS="2",
         )
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-        deployment = Deployment(root, name, ports["port"], ports["https"], ports["http"], wecom, bot, first)
+        deployment = Deployment(root, name, ports["port"], ports["gunicorn"], ports["https"], ports["http"], wecom, bot,
+                                first)
         config = {"bots": [{
             "name": "helpdesk", "platform": "wecom", "uuid": str(bot.uuid), "app_id": DEFAULT_CORP_ID,
             "app_secret": DEFAULT_CORP_SECRET, "token": bot.token, "encoding_aes_key": bot.encoding_aes_key,
@@ -240,7 +244,10 @@ def test_units_site_and_policy_are_written(deployed):
     assert "All checks passed." in out
     units = deployed.etc / "systemd/system"
     web = (units / "switchboard-web.service").read_text()
-    assert f"--bind 127.0.0.1:{deployed.port} --workers 2" in web
+    # gunicorn on loopback only, with threads; nginx answers --port (the site, below).
+    assert f"--bind 127.0.0.1:{deployed.gunicorn_port} --workers 2 --worker-class gthread --threads 4" in web
+    worker = (units / "switchboard-worker.service").read_text()
+    assert f"--hostname {deployed.name}@%%h" in worker  # this installation's queue names its worker
     assert f"Environment=PROMETHEUS_MULTIPROC_DIR={deployed.run_dir}/metrics" in web
     for service in ("web", "worker", "beat"):
         text = (units / f"switchboard-{service}.service").read_text()
@@ -262,12 +269,18 @@ def test_units_site_and_policy_are_written(deployed):
     assert "TRUSTED_PROXIES=127.0.0.1/32,::1/128" in env.splitlines()
     assert "ALLOWED_HOSTS=sb.test,localhost,127.0.0.1" in env.splitlines()
     assert f"SWITCHBOARD_PUBLIC_URL=https://sb.test:{deployed.https_port}" in env.splitlines()
+    assert f"SWITCHBOARD_GUNICORN_BIND=127.0.0.1:{deployed.gunicorn_port}" in env.splitlines()
+    assert {"SWITCHBOARD_WEB_WORKERS=2", "SWITCHBOARD_WEB_THREADS=4"} <= set(env.splitlines())
     for secret in ("secret_key", "secret_keys", "metrics_token"):
         assert (deployed.etc / "switchboard" / secret).stat().st_mode & 0o777 == 0o600, secret
         assert f"{secret.upper()}_FILE" in env.replace("SWITCHBOARD_SECRET_KEYS_FILE", "SECRET_KEYS_FILE")
 
     site = (deployed.etc / "nginx/sites-available/switchboard.conf").read_text()
     assert f"listen 127.0.0.1:{deployed.https_port} ssl;" in site and "server_name sb.test;" in site
+    assert f"listen 127.0.0.1:{deployed.port};" in site and f"server 127.0.0.1:{deployed.gunicorn_port};" in site
+    clients = (deployed.etc / "nginx/snippets/switchboard-clients.conf").read_text()
+    assert site.count("snippets/switchboard-clients.conf;") == 3  # every server block
+    assert "client_header_timeout 10s;" in clients and "client_body_timeout 10s;" in clients
     assert f"return 301 https://$host:{deployed.https_port}$request_uri;" in site
     assert (deployed.etc / "nginx/sites-enabled/switchboard.conf").resolve() == (
         deployed.etc / "nginx/sites-available/switchboard.conf"
@@ -374,6 +387,10 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "FAIL" not in doctor.stdout and doctor.stdout.rstrip().endswith("All checks passed.")
     assert re.search(r"^OK +nginx +serves https://sb\.test:\d+/healthz over HTTPS$", doctor.stdout, re.MULTILINE)
+    assert re.search(rf"^OK +port +Switchboard answers /healthz on 127\.0\.0\.1:{deployed.port} through nginx$",
+                     doctor.stdout, re.MULTILINE)
+    assert re.search(rf"^OK +worker +1 worker\(s\) consume queue '{deployed.name}': {deployed.name}@",
+                     doctor.stdout, re.MULTILINE)
     assert "self-signed" in doctor.stdout
 
     worker = deployed.services()["worker"]
@@ -382,7 +399,8 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     try:
         red = deployed.bin("switchboard-manage", "doctor")
         assert red.returncode == 1
-        assert re.search(r"^FAIL +worker +no Celery worker answered a ping within 3 s", red.stdout, re.MULTILINE)
+        assert re.search(r"^FAIL +worker +no worker of this installation answered a ping within 3 s", red.stdout,
+                         re.MULTILINE)
         assert (f"fix: sudo switchboard-supervisor restart; see why it stopped in {deployed.log_dir}/worker.log"
                 in red.stdout)
         assert red.stdout.rstrip().endswith("1 of 16 checks failed.")
@@ -425,6 +443,7 @@ def test_running_it_again_upgrades_in_place_and_keeps_everything(deployed):
     assert "OTP_TOTP_ISSUER=Acme Bots" in env
     assert "using the virtualenv" in again.stdout
     assert "--workers 2 " in (deployed.etc / "systemd/system/switchboard-web.service").read_text()
+    assert f"SWITCHBOARD_GUNICORN_BIND=127.0.0.1:{deployed.gunicorn_port}" in env  # kept too
     releases = sorted((deployed.root / "opt/switchboard/releases").iterdir())
     assert len(releases) == 2 and (deployed.root / "opt/switchboard/app").resolve() == releases[-1]
     assert f"SWITCHBOARD_BIND=127.0.0.1:{deployed.port}" in env  # the last run's options
@@ -438,3 +457,28 @@ def test_running_it_again_upgrades_in_place_and_keeps_everything(deployed):
         deployed.send(client, "after the upgrade", 8201, user="lisi")
         last = deployed.wecom.wait_for(r"/message/send", sent + 1, timeout=60)[-1]
     assert last.json()["text"]["content"] == "[m1] after the upgrade (history=2)"  # the context survived too
+
+
+@pytest.mark.slow
+def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(deployed):
+    """The port platforms call directly (--port) is nginx's: connections trickling their
+    headers and WeChat users waiting for a slow model's passive reply hold nginx
+    connections and gunicorn threads, never all of gunicorn, and a normal callback is
+    answered at once. gunicorn itself is not reachable from other machines."""
+    slow_model = FakeModel(delay=20).start()
+    try:
+        config = {"backends": [{"name": "slow", "kind": "openai", "base_url": f"{slow_model.url}/v1", "model": "m1",
+                                "timeout": 30}],
+                  "bots": [passive_bot_config("slow")]}
+        imported = deployed.bin("switchboard-manage", "import_config", "-", stdin=json.dumps(config))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        base_url = f"http://127.0.0.1:{deployed.port}"
+        with httpx.Client(base_url=base_url, timeout=30, headers={"Host": "sb.test"}) as plain:
+            took = assert_answered_while_held(lambda: deployed.send(plain, "past the slow ones", 8301),
+                                              "127.0.0.1", deployed.port, "sb.test", base_url)
+        print(f"a callback while slow clients held the port: {took:.2f} s")
+    finally:
+        slow_model.stop()
+    gunicorn = next(line for line in (deployed.etc / "switchboard/switchboard.env").read_text().splitlines()
+                    if line.startswith("SWITCHBOARD_GUNICORN_BIND="))
+    assert gunicorn == f"SWITCHBOARD_GUNICORN_BIND=127.0.0.1:{deployed.gunicorn_port}"

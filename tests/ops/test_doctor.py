@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import socket
 import threading
 import time
 
@@ -117,16 +118,65 @@ def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, se
 
         code, output = doctor("--worker-timeout", "1")
         assert code == 1
-        assert line(output, "worker") == (
-            "FAIL  worker      no Celery worker answered a ping within 1 s: messages are recorded but nobody "
-            "answers them\n"
-            "                  fix: start a worker: .venv/bin/celery -A config worker "
+        # Workers of other test runs on the same broker may answer too: they do not count.
+        result = line(output, "worker")
+        assert result.startswith(
+            "FAIL  worker      no worker of this installation answered a ping within 1 s: messages are recorded but "
+            "nobody answers them"
+        ), result
+        assert result.endswith(
+            "\n                  fix: start a worker: .venv/bin/celery -A config worker "
             "(bash scripts/start.sh starts one)"
-        )
+        ), result
         assert output.rstrip().endswith("1 of 16 checks failed.")
         # /readyz answers for the web process (a load balancer must not drop every web
         # server because the workers are down); the worker is doctor's and the alert's.
         assert client.get("/readyz").status_code == 200
+
+
+class NamedWorker:
+    """A Celery worker with a name and queue of its own, as another installation on the
+    same broker would run one."""
+
+    def __init__(self, log_dir, name: str, queue: str) -> None:
+        self.log = log_dir / f"worker-{queue}.log"
+        self.args = ["celery", "-A", "config", "worker", "--hostname", name, "-Q", queue, "-c", "1",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
+        self.process = None
+
+    def __enter__(self) -> NamedWorker:
+        env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
+        self.process = start_group(self.args, env, self.log)
+        wait_until(lambda: "ready." in self.log.read_text(errors="replace"), 60, "celery worker ready",
+                   interval=0.2, alive=self.process)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.process, timeout=20, leader_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_the_worker_is_found_next_to_another_installations_of_the_same_name(settings, tmp_path):
+    """Two installations on one broker whose workers both answer as switchboard@<host> (the
+    name the units gave every worker): doctor finds this installation's, every time, and
+    says that the names clash; with only the other's running, ours is reported down."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    shared_name = f"switchboard@{socket.gethostname()}"
+    with NamedWorker(tmp_path, shared_name, f"{queue}-other"):
+        with NamedWorker(tmp_path, shared_name, queue):
+            # Keyed by name, the answer that came last won: ours about every other time.
+            results = [line(doctor("--skip", "beat,port", "--worker-timeout", "1.5")[1], "worker") for _ in range(6)]
+        found = f"OK    worker      1 worker(s) consume queue '{queue}': {shared_name}"
+        assert all(result.startswith(found) for result in results), results
+        assert all(f"name(s) answer more than once ({shared_name})" in result for result in results), results
+
+        # Only the other installation's worker runs now: ours is down, whoever else answers.
+        results = [line(doctor("--skip", "beat,port", "--worker-timeout", "1.5")[1], "worker") for _ in range(3)]
+    down = "FAIL  worker      no worker of this installation answered a ping within 1.5 s"
+    assert all(result.startswith(down) for result in results), results
+    assert any("other worker(s) on this broker did (queues " in result and f"{queue}-other" in result
+               for result in results), results
 
 
 # -- one failure at a time ----------------------------------------------------------------
@@ -183,16 +233,47 @@ def test_the_database_must_have_room_for_another_worker_pool(settings):
         assert line(doctor("--skip", SERVICES)[1], "capacity").startswith("SKIP  capacity    sqlite: no connection")
         pytest.skip("the connection limit is PostgreSQL's")
     settings.CELERY_WORKER_CONCURRENCY = 8
+    settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS = 2, 4
     result = line(doctor("--skip", SERVICES)[1], "capacity")
-    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another worker "
-                        r"pool of 8", result), result
-    settings.CELERY_WORKER_CONCURRENCY = 100_000  # more than any max_connections leaves free
+    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another machine "
+                        r"like this one: 8 worker processes and 2 × 4 web threads", result), result
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int")
+        (limit,) = cursor.fetchone()
+    # The worker pool alone fits; with every web thread's connection it does not.
+    settings.CELERY_WORKER_CONCURRENCY = 1
+    settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS = 1, limit
     code, output = doctor("--skip", SERVICES)
     assert code == 1
     result = line(output, "capacity")
     assert result.startswith("FAIL  capacity    ") and (
-        "another worker pool here (100000 processes, CELERY_WORKER_CONCURRENCY) would not get its connections"
-        in result) and "fix: raise max_connections in postgresql.conf" in result, result
+        f"(1 worker processes, CELERY_WORKER_CONCURRENCY, and 1 × {limit} web threads, "
+        "SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)" in result) and (
+        "fix: raise max_connections in postgresql.conf" in result), result
+
+
+@pytest.mark.django_db
+def test_gunicorn_on_a_public_address_itself_is_a_failure(settings, tmp_path):
+    """Slow clients starve a gunicorn that other machines reach directly: doctor says so
+    and names the fix (nginx in front)."""
+    port = free_port()
+    env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
+    process = start_group(["gunicorn", "config.wsgi:application", "--bind", f"0.0.0.0:{port}", "--workers", "1",
+                           "--no-control-socket"], env, tmp_path / "gunicorn.log")
+    try:
+        import httpx
+
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 60,
+                   "gunicorn answers /healthz", alive=process)
+        settings.SWITCHBOARD_BIND = f"0.0.0.0:{port}"
+        code, output = doctor("--skip", "worker,beat")
+    finally:
+        stop_group(process, timeout=20)
+    assert code == 1
+    result = line(output, "port")
+    assert result.startswith(f"FAIL  port        gunicorn itself answers 0.0.0.0:{port}, which other machines can "
+                             "reach: two clients sending their headers slowly hold its workers"), result
+    assert "fix: put nginx in front, as deploy.sh and scripts/start.sh do" in result
 
 
 @pytest.mark.django_db
