@@ -222,7 +222,8 @@ def test_a_pool_process_killed_in_the_model_call_on_rabbitmq_answers_once(broker
         assert "WorkerLostError" in worker.output()
         row = InboundMessage.objects.get(platform_message_id="200")
         assert row.status == MessageStatus.PROCESSING, "the second delivery took over a row still taken"
-        time.sleep(max(0.0, row.started_at.timestamp() + stuck_after + 0.5 - time.time()))
+        # The lease its worker renewed while the task ran lapses OUTBOX_STUCK_AFTER after the last renewal.
+        time.sleep(max(0.0, row.lease_until.timestamp() + 0.5 - time.time()))
         assert "'processing': 1" in sweep(broker, stuck_after)
         wait_until_replied([200], timeout=20, worker=worker)
         time.sleep(1.5)  # room for a wrong second reply
@@ -260,7 +261,7 @@ def test_a_worker_killed_in_the_model_call_on_rabbitmq_is_answered_once_by_the_n
         interval=0.1,
         what="the broker took back the delivery the killed worker never acknowledged",
     )
-    time.sleep(max(0.0, row.started_at.timestamp() + STUCK_AFTER + 0.5 - time.time()))
+    time.sleep(max(0.0, row.lease_until.timestamp() + 0.5 - time.time()))  # the last renewal + STUCK_AFTER
 
     with CeleryWorker(concurrency=1, extra_env=outbox_env(broker)) as worker:
         wait_until_replied([201], timeout=20, worker=worker)  # no sweeper
