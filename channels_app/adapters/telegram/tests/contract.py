@@ -20,6 +20,8 @@ class TelegramKit(ContractKit):
     # No nonce, no timestamp: Telegram's repeat of an update is byte for byte the same.
     claims_nonces = False
     uses_timestamp_window = False
+    send_path = r"/sendMessage"
+    no_token_reason = "Telegram's bot token from BotFather does not expire; Switchboard fetches none"
 
     def fake_api(self) -> FakeTelegram:
         fake = FakeTelegram()
