@@ -157,6 +157,15 @@ class ContractKit(ABC):
     #: client timeout; empty where it does
     own_timeout_reason: ClassVar[str] = ""
 
+    #: why the Retry-After test with an HTTP date is skipped, where the platform says
+    #: when to try again some other way; empty where it sends Retry-After
+    no_retry_after_date_reason: ClassVar[str] = ""
+
+    def rate_limited(self, retry_after: str) -> Fault:
+        """The send API's answer when the bot went over its rate limit, saying when to
+        try again (`retry_after`: seconds, or an HTTP date)."""
+        return Fault(429, {}, headers={"Retry-After": retry_after})
+
     def token_send_path(self) -> str:
         """The paths the sends that carry the access token go to."""
         return self.send_path

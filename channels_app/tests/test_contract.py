@@ -7,7 +7,9 @@ channels_app/adapters/<platform>/tests/contract.py; a platform without one fails
 
 from __future__ import annotations
 
+import email.utils
 import importlib
+import time
 
 import httpx
 import pytest
@@ -173,6 +175,20 @@ def test_a_send_that_never_reached_the_platform_is_retried_as_unsent(kit, runnin
     running.stop()
     error = send_error(send)
     assert error.permanent is False and isinstance(error.__cause__, httpx.ConnectError)
+
+
+def test_a_rate_limit_is_retried_after_the_seconds_it_names(kit, running, send):
+    running.plan(kit.send_path, kit.rate_limited("7"))
+    error = send_error(send)
+    assert (error.permanent, error.retry_after) == (False, 7.0)
+
+
+def test_a_rate_limit_is_retried_after_the_http_date_it_names(kit, running, send):
+    if kit.no_retry_after_date_reason:
+        pytest.skip(kit.no_retry_after_date_reason)
+    running.plan(kit.send_path, kit.rate_limited(email.utils.formatdate(time.time() + 30, usegmt=True)))
+    error = send_error(send)
+    assert error.permanent is False and 25.0 <= error.retry_after <= 30.0
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
