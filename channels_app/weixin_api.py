@@ -14,6 +14,9 @@ from channels_app.platform_api import PlatformApi
 
 # The token is dead (invalid, expired, or replaced); a fresh one fixes it.
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
+# The system is busy (-1), or an API's quota for the day ran out (45009): the same call
+# later succeeds. Each platform adds a limit of its own.
+BUSY_ERRCODES = frozenset({-1, 45009})
 
 
 class WeixinApi(PlatformApi):

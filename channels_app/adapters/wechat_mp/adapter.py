@@ -76,7 +76,7 @@ from channels_app.models import InboundMessage, MessageStatus
 from channels_app.outbound import split_reply
 from channels_app.platform_api import ErrorTable
 from channels_app.registry import register
-from channels_app.weixin_api import TOKEN_ERRCODES, WeixinApi
+from channels_app.weixin_api import BUSY_ERRCODES, TOKEN_ERRCODES, WeixinApi
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.wechat_mp")
@@ -91,8 +91,7 @@ WECHAT_DELIVERIES = 3
 # message stays "live" (its parts are not handed to other messages) this much longer.
 LIVE_GRACE_SECONDS = 2.0
 
-# WeChat is busy or we went over a frequency limit: the same call later succeeds.
-RETRYABLE_ERRCODES = frozenset({-1, 45009, 45011})
+RETRYABLE_ERRCODES = BUSY_ERRCODES | {45011}  # and WeChat's limit of calls per minute
 # What an admin should do about the errcodes a misconfigured bot gets most.
 ERRCODE_HINTS = {
     40003: "the openid is not a follower of this account (a message meant for another account?)",

@@ -28,13 +28,12 @@ from channels_app.errors import MalformedRequest, SignatureInvalid, TransportErr
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.platform_api import ErrorTable
 from channels_app.registry import register
-from channels_app.weixin_api import TOKEN_ERRCODES, WeixinApi
+from channels_app.weixin_api import BUSY_ERRCODES, TOKEN_ERRCODES, WeixinApi
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.wecom")
 
-# WeCom is busy or we went over a frequency limit: the same call later succeeds.
-RETRYABLE_ERRCODES = frozenset({-1, 45009, 45033})
+RETRYABLE_ERRCODES = BUSY_ERRCODES | {45033}  # and WeCom's own limit on concurrent calls
 # What an admin should do about the errcodes a misconfigured bot gets most.
 ERRCODE_HINTS = {
     40001: "the Secret is wrong (use this app's Secret, not another app's)",
