@@ -108,16 +108,16 @@ class FeishuApi(PlatformApi):
         self.raise_for_status(response, f"Feishu is busy or rate-limited, {detail}")
         if code is None:
             raise self.not_an_answer(detail)
-        if code in TOKEN_REFUSED_CODES:
+        if code in self.errors.token_dead:
             raise TransportError(f"Feishu refused a freshly fetched token, {detail}", permanent=False)
         if code != 0:
             raise self.errors.refusal(detail, code, retry_after=self.retry_after(response))
         return data
 
-    @staticmethod
-    def dead_token(response: httpx.Response) -> str | None:
+    def dead_token(self, response: httpx.Response) -> str | None:
+        """The code of a refusal of the token, None for any other answer."""
         code = (json_object(response) or {}).get("code")
-        return f"code {code}" if code in TOKEN_REFUSED_CODES else None
+        return f"code {code}" if code in self.errors.token_dead else None
 
 
 @register
