@@ -5,7 +5,9 @@ Each adapter folder ships `tests/contract.py` with a `KIT`: what the shared cont
 tests need to talk to that platform — a bot with valid credentials pointed at the
 platform's fake, signed deliveries of a p2p text message (signed at a chosen time), a
 forgery of one, another message under one's nonce, the URL-verification handshake (if
-the platform has one), and what the fake received.
+the platform has one), and what the fake received. For the send tests (5xx, timeouts and
+4xx, a dead access token, the longest reply) it names the fake's send and token paths and
+the answer the platform gives a dead token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from django.http import HttpResponse
 from django.test import Client
 
 from bots.models import Bot
-from tests.fakes.server import FakeServer
+from tests.fakes.server import FakeServer, Fault
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,40 @@ class ContractKit(ABC):
     def platform_message_id(self, msg_id: str) -> str:
         """The InboundMessage.platform_message_id the adapter records for msg_id."""
         return msg_id
+
+    # -- sends ---------------------------------------------------------------------------
+
+    #: the fake's paths (a regex) a reply is sent to, where the send tests put faults
+    send_path: ClassVar[str]
+    #: the fake's access-token path; None where the adapter sends with a token that does
+    #: not expire (then no_token_reason says why the dead-token tests are skipped)
+    token_path: ClassVar[str | None] = None
+    no_token_reason: ClassVar[str] = ""
+    #: why the read-timeout test is skipped, where the adapter does not use the worker's
+    #: client timeout; empty where it does
+    own_timeout_reason: ClassVar[str] = ""
+
+    #: why the Retry-After test with an HTTP date is skipped, where the platform says
+    #: when to try again some other way; empty where it sends Retry-After
+    no_retry_after_date_reason: ClassVar[str] = ""
+
+    def rate_limited(self, retry_after: str) -> Fault:
+        """The send API's answer when the bot went over its rate limit, saying when to
+        try again (`retry_after`: seconds, or an HTTP date)."""
+        return Fault(429, {}, headers={"Retry-After": retry_after})
+
+    def token_send_path(self) -> str:
+        """The paths the sends that carry the access token go to."""
+        return self.send_path
+
+    def token_dead(self) -> Fault:
+        """What the platform's send API answers a token that died before its expiry."""
+        raise NotImplementedError(f"{self.platform} has an access token: its kit must say how the API refuses it")
+
+    def send_with_token(self, fake: FakeServer) -> None:
+        """Make the next sends go through the API that takes the access token (DingTalk
+        first tries the conversation's sessionWebhook, which needs none)."""
+        return  # elsewhere every send carries the token
 
     #: the fake this kit is running (set by running()), for kits whose deliveries
     #: carry something the fake issues (DingTalk's sessionWebhook)

@@ -29,8 +29,8 @@ from bots.models import Bot
 from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, StaleRequest, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import CodesWhere, ErrorTable, PlatformApi, json_object
 from channels_app.registry import register
-from channels_app.tokens import forget_token, get_token
 from config import jsonbody
 from routing.models import ChatType
 
@@ -85,28 +85,46 @@ def _dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _answer(response: httpx.Response) -> dict | None:
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(float(response.headers["retry-after"]), 0.0)
-    except (KeyError, ValueError):
-        return None
-
-
-def _is_rate_limit(code: str) -> bool:
+def _is_rate_limit(code: object) -> bool:
     # The gateway's throttling codes: Throttling.Api, Forbidden.AccessDenied.QpsLimitForApi, …
-    return "throttl" in code.lower() or "qpslimit" in code.lower() or "flowcontrol" in code.lower()
+    code = str(code).lower()
+    return "throttl" in code or "qpslimit" in code or "flowcontrol" in code
 
 
-class _TokenRefused(Exception):
-    """The robot API refused our cached access token (HTTP 401)."""
+class DingTalkApi(PlatformApi):
+    label = "DingTalk"
+    errors = ErrorTable(transient=CodesWhere(_is_rate_limit), hints=CODE_HINTS)
+
+    def check(self, response: httpx.Response, action: str) -> dict:
+        """The JSON answer of a successful call; TransportError saying whether to retry otherwise.
+        The v1.0 API reports errors with the HTTP status and {"code", "message", "requestid"}."""
+        data = json_object(response)
+        code = str((data or {}).get("code") or "")
+        detail = f"DingTalk {action}: HTTP {response.status_code}"
+        if code:
+            detail += f", code {code}: {str((data or {}).get('message', ''))[:200]}"
+        self.raise_for_status(response, f"DingTalk is busy or rate-limited, {detail}")
+        if code in self.errors.transient:
+            raise self.errors.refusal(detail, code, retry_after=self.retry_after(response))
+        if data is None:
+            raise self.not_an_answer(detail)
+        if response.status_code != 200:
+            raise self.errors.refusal(detail, code)
+        return data
+
+    def session_refusal(self, response: httpx.Response) -> dict | None:
+        """The sessionWebhook's answer where DingTalk refused the webhook itself (to try
+        the robot API instead); None where it took the message. TransportError where
+        the same send later may pass."""
+        self.raise_for_status(response, f"sessionWebhook answered HTTP {response.status_code}")
+        data = json_object(response) or {}
+        errcode = data.get("errcode")
+        if response.status_code == 200 and errcode == 0:
+            return None
+        if errcode in WEBHOOK_RETRYABLE_ERRCODES:
+            raise TransportError(f"sessionWebhook is busy or rate-limited: errcode {errcode} "
+                                 f"{str(data.get('errmsg', ''))[:200]}")
+        return data
 
 
 @register
@@ -245,24 +263,15 @@ class DingTalkAdapter(Adapter):
     def _send_by_session(self, http: httpx.Client, webhook: str, text: str) -> bool:
         """Post to the conversation's sessionWebhook. False if DingTalk refuses the webhook
         itself (expired early, revoked), so the robot API should be tried instead."""
-        try:
-            response = http.post(webhook, json={"msgtype": "text", "text": {"content": text}})
-        except httpx.HTTPError as exc:
-            # Not retried through the robot API: the message may have arrived.
-            raise TransportError(f"sessionWebhook failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
-            raise TransportError(f"sessionWebhook answered HTTP {response.status_code}",
-                                 retry_after=_retry_after(response))
-        data = _answer(response) or {}
-        errcode = data.get("errcode")
-        if response.status_code == 200 and errcode == 0:
+        api = DingTalkApi(http, bot_name=self.bot.name)
+        # A transport error is not retried through the robot API: the message may have arrived.
+        response = api.request("POST", webhook, "sessionWebhook", json={"msgtype": "text", "text": {"content": text}})
+        refused = api.session_refusal(response)
+        if refused is None:
             return True
-        if errcode in WEBHOOK_RETRYABLE_ERRCODES:
-            raise TransportError(f"sessionWebhook is busy or rate-limited: errcode {errcode} "
-                                 f"{str(data.get('errmsg', ''))[:200]}")
         logger.info("bot %s: DingTalk refused the sessionWebhook (HTTP %s, errcode %s %s); "
-                    "replying through the robot API", self.bot.name, response.status_code, errcode,
-                    str(data.get("errmsg", ""))[:200])
+                    "replying through the robot API", self.bot.name, response.status_code, refused.get("errcode"),
+                    str(refused.get("errmsg", ""))[:200])
         return False
 
     @property
@@ -294,15 +303,14 @@ class DingTalkAdapter(Adapter):
 
     def _send_by_robot_api(self, http: httpx.Client, reply: OutboundReply) -> None:
         path, body = self._robot_request(reply)
-        try:
-            data = self._post_robot(http, path, body)
-        except _TokenRefused:
-            logger.info("bot %s: DingTalk refused the cached access token; fetching a new one", self.bot.name)
-            forget_token(self._token_name)
-            try:
-                data = self._post_robot(http, path, body)
-            except _TokenRefused:
-                raise TransportError("DingTalk refused a freshly fetched access token too") from None
+        api = DingTalkApi(http, self.api_base, bot_name=self.bot.name)
+        response = api.send_with_token(
+            self._token_name, lambda: self._fetch_token(api),
+            lambda token: api.request("POST", path, "robot send", json=body,
+                                      headers={"x-acs-dingtalk-access-token": token}),
+            lambda response: "HTTP 401" if response.status_code == 401 else None,
+        )
+        data = api.check(response, "robot send")
         if path == ONE_TO_ONE_PATH:
             staff_id = body["userIds"][0]
             if staff_id in (data.get("flowControlledStaffIdList") or []):
@@ -311,45 +319,10 @@ class DingTalkAdapter(Adapter):
                 raise TransportError(f"DingTalk does not know the staffId {staff_id!r}, or the user cannot "
                                      "receive messages from this robot", permanent=True)
 
-    def _post_robot(self, http: httpx.Client, path: str, body: dict) -> dict:
-        token = get_token(self._token_name, lambda: self._fetch_token(http))
-        try:
-            response = http.post(self.api_base + path, json=body, headers={"x-acs-dingtalk-access-token": token})
-        except httpx.HTTPError as exc:
-            raise TransportError(f"robot send failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 401:
-            raise _TokenRefused()
-        return self._check(response, "robot send")
-
-    def _fetch_token(self, http: httpx.Client) -> tuple[str, int]:
-        try:
-            response = http.post(self.api_base + AUTH_PATH,
-                                 json={"appKey": self.bot.app_id, "appSecret": str(self.bot.app_secret)})
-        except httpx.HTTPError as exc:
-            raise TransportError(f"accessToken request failed: {type(exc).__name__}: {exc}") from exc
-        data = self._check(response, "accessToken")
+    def _fetch_token(self, api: DingTalkApi) -> tuple[str, int]:
+        credentials = {"appKey": self.bot.app_id, "appSecret": str(self.bot.app_secret)}
+        data = api.check(api.request("POST", AUTH_PATH, "accessToken", json=credentials), "accessToken")
         token, expire_in = data.get("accessToken"), data.get("expireIn")
         if not isinstance(token, str) or not token or not isinstance(expire_in, int):
             raise TransportError("DingTalk's accessToken answer has no accessToken / expireIn")
         return token, expire_in
-
-    @staticmethod
-    def _check(response: httpx.Response, action: str) -> dict:
-        """The JSON answer of a successful call; TransportError saying whether to retry otherwise.
-        The v1.0 API reports errors with the HTTP status and {"code", "message", "requestid"}."""
-        data = _answer(response)
-        code = str((data or {}).get("code") or "")
-        detail = f"DingTalk {action}: HTTP {response.status_code}"
-        if code:
-            detail += f", code {code}: {str((data or {}).get('message', ''))[:200]}"
-        if response.status_code == 429 or _is_rate_limit(code):
-            raise TransportError(f"rate-limited, {detail}", retry_after=_retry_after(response))
-        if response.status_code >= 500:
-            raise TransportError(f"DingTalk is unavailable, {detail}")
-        if data is None:
-            raise TransportError(f"{detail} (not an answer of DingTalk's API: check the bot's API base URL)",
-                                 permanent=True)
-        if response.status_code != 200:
-            hint = CODE_HINTS.get(code)
-            raise TransportError(detail + (f" ({hint})" if hint else ""), permanent=True)
-        return data

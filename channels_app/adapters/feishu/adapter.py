@@ -22,8 +22,8 @@ from channels_app.adapters.feishu import crypto
 from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import ErrorTable, PlatformApi, json_object
 from channels_app.registry import register
-from channels_app.tokens import forget_token, get_token
 from config import jsonbody
 
 logger = logging.getLogger("switchboard.channels.feishu")
@@ -86,48 +86,38 @@ def _feishu_uuid(idempotency_key: str) -> str:
     return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:IDEMPOTENCY_KEY_MAX]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    # Feishu's gateway says when its quota window resets; Retry-After as a fallback.
-    for header in ("x-ogw-ratelimit-reset", "retry-after"):
-        try:
-            return max(float(response.headers[header]), 0.0)
-        except (KeyError, ValueError):
-            continue
-    return None
-
-
 def _dict(value: object) -> dict:
     """`value` if it is a JSON object, else an empty one: authentic events of an unexpected
     shape are ignored, not allowed to raise."""
     return value if isinstance(value, dict) else {}
 
 
-def _answer(response: httpx.Response) -> dict | None:
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+class FeishuApi(PlatformApi):
+    label = "Feishu"
+    # The gateway says when its quota window resets; Retry-After as a fallback.
+    retry_after_headers = ("x-ogw-ratelimit-reset", "retry-after")
+    errors = ErrorTable(transient=RATE_LIMIT_CODES, token_dead=TOKEN_REFUSED_CODES, hints=CODE_HINTS)
+    credential_label = "tenant_access_token"
 
+    def check(self, response: httpx.Response, action: str) -> dict:
+        """The JSON answer of a successful call; TransportError saying whether to retry otherwise.
+        Feishu's errors carry a `code` in the JSON, with HTTP 200 or a 4xx."""
+        data = json_object(response)
+        code = data.get("code") if data else None
+        detail = f"{action}: HTTP {response.status_code}, code {code}: {str((data or {}).get('msg', ''))[:200]}"
+        self.raise_for_status(response, f"Feishu is busy or rate-limited, {detail}")
+        if code is None:
+            raise self.not_an_answer(detail)
+        if code in self.errors.token_dead:
+            raise TransportError(f"Feishu refused a freshly fetched token, {detail}", permanent=False)
+        if code != 0:
+            raise self.errors.refusal(detail, code, retry_after=self.retry_after(response))
+        return data
 
-def _check(response: httpx.Response, action: str) -> dict:
-    """The JSON answer of a successful call; TransportError saying whether to retry otherwise."""
-    data = _answer(response)
-    code = data.get("code") if data else None
-    detail = f"{action}: HTTP {response.status_code}, code {code}: {str((data or {}).get('msg', ''))[:200]}"
-    if response.status_code == 429 or code in RATE_LIMIT_CODES:
-        raise TransportError(f"rate-limited, {detail}", permanent=False, retry_after=_retry_after(response))
-    if response.status_code >= 500:
-        raise TransportError(f"Feishu is unavailable, {detail}", permanent=False)
-    if code is None:
-        raise TransportError(f"{detail} (not an answer of Feishu's Open API: check the bot's API base URL)",
-                             permanent=True)
-    if code in TOKEN_REFUSED_CODES:
-        raise TransportError(f"Feishu refused a freshly fetched token, {detail}", permanent=False)
-    if code != 0:
-        hint = CODE_HINTS.get(code)
-        raise TransportError(f"{detail}" + (f" ({hint})" if hint else ""), permanent=True)
-    return data
+    def dead_token(self, response: httpx.Response) -> str | None:
+        """The code of a refusal of the token, None for any other answer."""
+        code = (json_object(response) or {}).get("code")
+        return f"code {code}" if code in self.errors.token_dead else None
 
 
 @register
@@ -319,22 +309,14 @@ class FeishuAdapter(Adapter):
     def _token_name(self) -> str:
         return f"feishu:{self.bot.uuid}"
 
-    def _fetch_tenant_token(self, http: httpx.Client) -> tuple[str, int]:
-        try:
-            response = http.post(
-                self.api_base + AUTH_PATH,
-                json={"app_id": self.bot.app_id, "app_secret": str(self.bot.app_secret)},
-            )
-        except httpx.HTTPError as exc:
-            raise TransportError(f"tenant_access_token request failed: {type(exc).__name__}: {exc}") from exc
-        data = _check(response, "tenant_access_token")
+    def _fetch_tenant_token(self, api: FeishuApi) -> tuple[str, int]:
+        credentials = {"app_id": self.bot.app_id, "app_secret": str(self.bot.app_secret)}
+        data = api.check(api.request("POST", AUTH_PATH, "tenant_access_token", json=credentials),
+                         "tenant_access_token")
         token, expire = data.get("tenant_access_token"), data.get("expire")
         if not isinstance(token, str) or not token or not isinstance(expire, int):
             raise TransportError("tenant_access_token answer without a token or expire", permanent=False)
         return token, expire
-
-    def _token(self, http: httpx.Client) -> str:
-        return get_token(self._token_name, lambda: self._fetch_tenant_token(http))
 
     def _message_request(self, reply: OutboundReply) -> tuple[str, dict, dict]:
         body: dict = {"msg_type": "text", "content": json.dumps({"text": reply.text}, ensure_ascii=False)}
@@ -348,20 +330,13 @@ class FeishuAdapter(Adapter):
             raise TransportError("the reply has neither a message to answer nor a chat to send to", permanent=True)
         return f"{self.api_base}{MESSAGES_PATH}", {"receive_id_type": "chat_id"}, {**body, "receive_id": chat_id}
 
-    def _post_message(self, http: httpx.Client, url: str, params: dict, body: dict, token: str) -> httpx.Response:
-        try:
-            return http.post(url, params=params, json=body, headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as exc:
-            raise TransportError(f"send failed: {type(exc).__name__}: {exc}") from exc
-
     def send(self, reply: OutboundReply, http: httpx.Client) -> None:
         url, params, body = self._message_request(reply)
-        response = self._post_message(http, url, params, body, self._token(http))
-        code = (_answer(response) or {}).get("code")
-        if code in TOKEN_REFUSED_CODES:
-            # The cached token died early (revoked, secret reset): fetch a new one, once.
-            logger.info("bot %s: Feishu refused the cached tenant_access_token (code %s); fetching a new one",
-                        self.bot.name, code)
-            forget_token(self._token_name)
-            response = self._post_message(http, url, params, body, self._token(http))
-        _check(response, "send")
+        api = FeishuApi(http, self.api_base, bot_name=self.bot.name)
+        response = api.send_with_token(
+            self._token_name, lambda: self._fetch_tenant_token(api),
+            lambda token: api.request("POST", url, "send", params=params, json=body,
+                                      headers={"Authorization": f"Bearer {token}"}),
+            api.dead_token,
+        )
+        api.check(response, "send")

@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import ErrorTable, PlatformApi, json_object
 from channels_app.registry import register
 from config import jsonbody
 from routing.models import ChatType
@@ -84,11 +85,22 @@ def _dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(float(response.headers["retry-after"]), 0.0)
-    except (KeyError, ValueError):
-        return None
+class SlackApi(PlatformApi):
+    label = "Slack"
+    errors = ErrorTable(transient=TRANSIENT_ERRORS, hints=ERROR_HINTS)
+
+    def check(self, response: httpx.Response, method: str) -> dict:
+        """The answer of a successful call; TransportError saying whether to retry otherwise.
+        Slack answers `ok: false` with an `error` name, mostly with HTTP 200."""
+        data = json_object(response)
+        error = data.get("error") if data else None
+        detail = f"{method}: HTTP {response.status_code}, error {error}"
+        self.raise_for_status(response, f"Slack is busy or rate-limited, {detail}")
+        if data is None or not isinstance(data.get("ok"), bool):
+            raise self.not_an_answer(detail)
+        if not data["ok"]:
+            raise self.errors.refusal(detail, str(error), retry_after=self.retry_after(response))
+        return data
 
 
 @register
@@ -241,31 +253,10 @@ class SlackAdapter(Adapter):
         thread_ts = reply.reply_context.get("thread_ts")
         if thread_ts:
             body["thread_ts"] = thread_ts
-        try:
-            response = http.post(
-                self.api_base + POST_MESSAGE_PATH, json=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"},
-            )
-        except httpx.HTTPError as exc:
-            # The message of a transport error names no header, so the token does not leak.
-            raise TransportError(f"chat.postMessage failed: {type(exc).__name__}: {exc}") from exc
-        self._check(response)
-
-    @staticmethod
-    def _check(response: httpx.Response) -> None:
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        error = data.get("error") if isinstance(data, dict) else None
-        detail = f"chat.postMessage: HTTP {response.status_code}, error {error}"
-        if response.status_code == 429 or error in TRANSIENT_ERRORS:
-            raise TransportError(f"rate-limited or busy, {detail}", retry_after=_retry_after(response))
-        if response.status_code >= 500:
-            raise TransportError(f"Slack is unavailable, {detail}")
-        if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
-            raise TransportError(f"{detail} (not an answer of Slack's Web API: check the bot's API base URL)",
-                                 permanent=True)
-        if not data["ok"]:
-            hint = ERROR_HINTS.get(str(error))
-            raise TransportError(detail + (f" ({hint})" if hint else ""), permanent=True)
+        api = SlackApi(http, self.api_base, bot_name=self.bot.name)
+        # The message of a transport error names no header, so the token does not leak.
+        response = api.request(
+            "POST", POST_MESSAGE_PATH, "chat.postMessage", json=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"},
+        )
+        api.check(response, "chat.postMessage")

@@ -24,6 +24,7 @@ from bots.models import Bot
 from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import CodesWhere, ErrorTable, PlatformApi, json_object
 from channels_app.registry import register
 from config import jsonbody
 from routing.models import ChatType
@@ -37,6 +38,7 @@ SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 # goes into a URL path, so a stray "/" or "?" cannot change which endpoint we call.
 BOT_TOKEN = re.compile(r"(?P<bot_id>[0-9]{1,20}):[A-Za-z0-9_-]{20,}")
 GROUP_CHAT_TYPES = frozenset({"group", "supergroup"})
+UNKNOWN_BOT_HINT = "Telegram does not know this bot token: copy it again from BotFather into the bot's Token field"
 
 
 def _dict(value: object) -> dict:
@@ -46,6 +48,35 @@ def _dict(value: object) -> dict:
 def _same_secret(given: str | None, expected: str) -> bool:
     # Bytes: compare_digest refuses non-ASCII str, and the header is the caller's.
     return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _clears_by_itself(code: object) -> bool:
+    # Telegram's error_code is an HTTP status: 429 and 5xx clear by themselves.
+    return isinstance(code, int) and PlatformApi.is_transient_status(code)
+
+
+class TelegramApi(PlatformApi):
+    label = "Telegram"
+    # 403: blocked by the user, kicked from the group; 400: chat not found, text refused…
+    errors = ErrorTable(transient=CodesWhere(_clears_by_itself),
+                        hints={401: UNKNOWN_BOT_HINT, 404: UNKNOWN_BOT_HINT})
+
+    @classmethod
+    def check(cls, method: str, status: int, data: dict | None) -> dict:
+        """The answer of a successful call; TransportError saying whether to retry otherwise."""
+        if data is not None and data["ok"] is True:
+            return data
+        if data is None:
+            if cls.is_transient_status(status):
+                raise TransportError(f"Telegram {method}: HTTP {status}")
+            raise TransportError(f"Telegram {method}: HTTP {status}, not an answer of the Bot API "
+                                 "(check the bot's API base URL)", permanent=True)
+        code = data.get("error_code") if isinstance(data.get("error_code"), int) else status
+        detail = f"Telegram {method}: {code} {str(data.get('description', ''))[:200]}"
+        # Telegram says when to try again in the answer, not in a header.
+        retry_after = _dict(data.get("parameters")).get("retry_after")
+        usable = isinstance(retry_after, int | float) and not isinstance(retry_after, bool)
+        raise cls.errors.refusal(detail, code, retry_after=float(retry_after) if usable else None)
 
 
 class _Text:
@@ -206,43 +237,13 @@ class TelegramAdapter(Adapter):
         """POST one Bot API method; the HTTP status and the JSON answer (None if there is
         none). Errors name the method, never the URL: the token is part of it."""
         token = self._bot_token()
-        try:
-            response = http.post(f"{self.api_base}/bot{token}/{method}", json=payload)
-        except httpx.HTTPError as exc:
-            detail = str(exc).replace(token, "***")
-            raise TransportError(f"Telegram {method} failed: {type(exc).__name__}: {detail}") from exc
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        return response.status_code, data if isinstance(data, dict) and isinstance(data.get("ok"), bool) else None
-
-    @staticmethod
-    def check(method: str, status: int, data: dict | None) -> dict:
-        """The answer of a successful call; TransportError saying whether to retry otherwise."""
-        if data is not None and data["ok"] is True:
-            return data
-        if data is None:
-            if status >= 500 or status == 429:
-                raise TransportError(f"Telegram {method}: HTTP {status}")
-            raise TransportError(f"Telegram {method}: HTTP {status}, not an answer of the Bot API "
-                                 "(check the bot's API base URL)", permanent=True)
-        code = data.get("error_code") if isinstance(data.get("error_code"), int) else status
-        detail = f"Telegram {method}: {code} {str(data.get('description', ''))[:200]}"
-        if code == 429:
-            retry_after = _dict(data.get("parameters")).get("retry_after")
-            usable = isinstance(retry_after, int | float) and not isinstance(retry_after, bool)
-            raise TransportError(detail, retry_after=float(retry_after) if usable else None)
-        if code >= 500:
-            raise TransportError(detail)
-        if code in (401, 404):
-            raise TransportError(f"{detail} (Telegram does not know this bot token: copy it again from "
-                                 "BotFather into the bot's Token field)", permanent=True)
-        # 403: blocked by the user, kicked from the group; 400: chat not found, text refused…
-        raise TransportError(detail, permanent=True)
+        api = TelegramApi(http, self.api_base, bot_name=self.bot.name, secrets=(token,))
+        response = api.request("POST", f"/bot{token}/{method}", method, json=payload)
+        data = json_object(response)
+        return response.status_code, data if data is not None and isinstance(data.get("ok"), bool) else None
 
     def call(self, http: httpx.Client, method: str, payload: dict) -> dict:
-        return self.check(method, *self.request(http, method, payload))
+        return TelegramApi.check(method, *self.request(http, method, payload))
 
     def send(self, reply: OutboundReply, http: httpx.Client) -> None:
         chat_id = reply.reply_context.get("chat_id", reply.chat_id)
@@ -257,4 +258,4 @@ class TelegramAdapter(Adapter):
             # The group became a supergroup with a new id; the message to quote stayed behind.
             logger.info("bot %s: chat %s became %s; sending there", self.bot.name, chat_id, migrated)
             status, data = self.request(http, "sendMessage", {"chat_id": migrated, "text": reply.text})
-        self.check("sendMessage", status, data)
+        TelegramApi.check("sendMessage", status, data)

@@ -12,7 +12,6 @@ bot's `outbound_url`, with an Idempotency-Key header the receiver can dedup on.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -27,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from channels_app.base import Adapter
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import PlatformApi
 from channels_app.registry import register
 from config import jsonbody
 from routing.models import ChatType
@@ -80,20 +80,15 @@ def check_outbound_url(url: object) -> str:
     return url
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After as seconds or as an HTTP date."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0) if when.tzinfo else None
+class ReceiverApi(PlatformApi):
+    label = "the webhook receiver"
+    transient_statuses = RETRYABLE_STATUSES
+
+    def transport_detail(self, what: str, exc: httpx.HTTPError) -> str:
+        # `what` is the receiver's host: the errors name it, not us.
+        if isinstance(exc, httpx.TimeoutException):
+            return f"{what} did not answer in time ({type(exc).__name__})"
+        return f"POST to {what} failed: {type(exc).__name__}: {exc}"
 
 
 @register
@@ -204,20 +199,15 @@ class WebhookAdapter(Adapter):
             "User-Agent": "Switchboard-Webhook/1",
         }
         host = urlsplit(url).netloc
-        try:
-            # Redirects are not followed: the signed reply goes to the configured URL only.
-            response = http.post(url, content=body, headers=headers, timeout=OUTBOUND_TIMEOUT,
-                                 follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            raise TransportError(f"{host} did not answer in time ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise TransportError(f"POST to {host} failed: {type(exc).__name__}: {exc}") from exc
+        api = ReceiverApi(http, bot_name=self.bot.name)
+        # Redirects are not followed: the signed reply goes to the configured URL only.
+        response = api.request("POST", url, host, content=body, headers=headers,
+                               timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
         status = response.status_code
         if 200 <= status < 300:
             return
         detail = f"{host} answered HTTP {status}: {response.text[:200]!r}"
-        if status >= 500 or status in RETRYABLE_STATUSES:
-            raise TransportError(detail, retry_after=_retry_after(response))
+        api.raise_for_status(response, detail)
         if 300 <= status < 400:
             raise TransportError(f"{detail}; redirects are not followed, set outbound_url to the final URL",
                                  permanent=True)

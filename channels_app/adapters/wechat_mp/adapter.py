@@ -74,8 +74,9 @@ from channels_app.errors import MalformedRequest, SignatureInvalid, TransportErr
 from channels_app.message import OutboundReply, ParsedMessage
 from channels_app.models import InboundMessage, MessageStatus
 from channels_app.outbound import split_reply
+from channels_app.platform_api import ErrorTable
 from channels_app.registry import register
-from channels_app.tokens import forget_token, get_token
+from channels_app.weixin_api import BUSY_ERRCODES, TOKEN_ERRCODES, WeixinApi
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.wechat_mp")
@@ -90,10 +91,7 @@ WECHAT_DELIVERIES = 3
 # message stays "live" (its parts are not handed to other messages) this much longer.
 LIVE_GRACE_SECONDS = 2.0
 
-# The token is dead (invalid, expired, or replaced); a fresh one fixes it.
-TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
-# WeChat is busy or we went over a frequency limit: the same call later succeeds.
-RETRYABLE_ERRCODES = frozenset({-1, 45009, 45011})
+RETRYABLE_ERRCODES = BUSY_ERRCODES | {45011}  # and WeChat's limit of calls per minute
 # What an admin should do about the errcodes a misconfigured bot gets most.
 ERRCODE_HINTS = {
     40003: "the openid is not a follower of this account (a message meant for another account?)",
@@ -108,6 +106,13 @@ ERRCODE_HINTS = {
     48001: "this account may not use the customer-service API (unverified accounts cannot); "
            'set extra {"customer_service_api": false} to answer with passive replies',
 }
+
+
+class WeChatApi(WeixinApi):
+    label = "WeChat"
+    errors = ErrorTable(transient=RETRYABLE_ERRCODES, token_dead=TOKEN_ERRCODES, hints=ERRCODE_HINTS)
+
+
 # XML 1.0 refuses these even inside CDATA; a model may still produce them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -407,17 +412,9 @@ class WeChatMPAdapter(Adapter):
             return
         openid = reply.reply_context.get("openid") or reply.chat_id
         payload = {"touser": openid, "msgtype": "text", "text": {"content": reply.text}}
-        data = self._post_custom(http, payload)
-        if data["errcode"] in TOKEN_ERRCODES:
-            # Expired or replaced before our cached expiry: one fresh token, one retry.
-            logger.info("WeChat refused the cached token of %s (errcode %s); fetching a new one",
-                        self.bot.name, data["errcode"])
-            forget_token(self._token_name)
-            data = self._post_custom(http, payload)
-            if data["errcode"] in TOKEN_ERRCODES:
-                raise TransportError(f"WeChat refused a freshly fetched token too (errcode {data['errcode']})")
-        if data["errcode"] != 0:
-            raise self._refusal("message/custom/send", data)
+        api = WeChatApi(http, self.api_base, bot_name=self.bot.name)
+        api.post_with_token(self._token_name, lambda: self._fetch_token(api), "/cgi-bin/message/custom/send",
+                            "message/custom/send", payload)
 
     def _leave_for_callback(self, reply: OutboundReply) -> None:
         msgid = reply.reply_context.get("msgid")
@@ -432,60 +429,11 @@ class WeChatMPAdapter(Adapter):
     def _token_name(self) -> str:
         return f"wechat_mp:{self.bot.uuid}"
 
-    def _call(self, http: httpx.Client, path: str, what: str, **kwargs) -> dict:
-        """One POST; WeChat's JSON answer, or TransportError for the transport."""
-        try:
-            response = http.post(f"{self.api_base}{path}", **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransportError(f"WeChat {what} timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            # The message of a connection error names no URL, so no credential leaks.
-            raise TransportError(f"WeChat {what} failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code in (408, 429):
-            raise TransportError(f"WeChat {what} answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise TransportError(
-                f"WeChat {what} answered HTTP {response.status_code}; check the bot's API base URL", permanent=True
-            )
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise TransportError(f"WeChat {what} answered HTTP 200 with a body that is not JSON") from exc
-        if not isinstance(data, dict):
-            raise TransportError(f"WeChat {what} answered with JSON that is not an object")
-        errcode = data.get("errcode", 0)
-        if not isinstance(errcode, int) or isinstance(errcode, bool):
-            raise TransportError(f"WeChat {what} answered with an errcode that is not a number")
-        return data
-
-    @staticmethod
-    def _refusal(what: str, data: dict) -> TransportError:
-        errcode = data.get("errcode")
-        errmsg = str(data.get("errmsg", ""))[:300]
-        detail = f"WeChat {what} refused: errcode {errcode} {errmsg}"
-        if errcode in ERRCODE_HINTS:
-            detail += f" ({ERRCODE_HINTS[errcode]})"
-        return TransportError(detail, permanent=errcode not in RETRYABLE_ERRCODES)
-
-    def _fetch_token(self, http: httpx.Client) -> tuple[str, int]:
+    def _fetch_token(self, api: WeChatApi) -> tuple[str, int]:
         # stable_token, not cgi-bin/token: it does not invalidate the token another tool
         # of the same account holds, and the AppSecret travels in the body, not the URL.
-        data = self._call(http, "/cgi-bin/stable_token", "stable_token", json={
+        credentials = {
             "grant_type": "client_credential", "appid": str(self.bot.app_id), "secret": str(self.bot.app_secret),
-        })
-        if data.get("errcode", 0) != 0:
-            raise self._refusal("stable_token", data)
-        token, expires_in = data.get("access_token"), data.get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
-            raise TransportError("WeChat stable_token answered without access_token / expires_in")
-        return token, expires_in
-
-    def _post_custom(self, http: httpx.Client, payload: dict) -> dict:
-        token = get_token(self._token_name, lambda: self._fetch_token(http))
-        data = self._call(http, "/cgi-bin/message/custom/send", "message/custom/send",
-                          params={"access_token": token}, json=payload)
-        if "errcode" not in data:
-            # Every custom/send answer carries an errcode; without one we cannot tell a
-            # delivered message from a proxy's error page.
-            raise TransportError("WeChat message/custom/send answered without an errcode")
-        return data
+        }
+        data = api.call("POST", "/cgi-bin/stable_token", "stable_token", errcode_required=False, json=credentials)
+        return api.token_from("stable_token", data)

@@ -26,16 +26,14 @@ from channels_app.crypto import (
 from channels_app.crypto.callback import TIMESTAMP, decrypt_for_bot, query_params, xml_fields
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
+from channels_app.platform_api import ErrorTable
 from channels_app.registry import register
-from channels_app.tokens import forget_token, get_token
+from channels_app.weixin_api import BUSY_ERRCODES, TOKEN_ERRCODES, WeixinApi
 from routing.models import ChatType
 
 logger = logging.getLogger("switchboard.adapters.wecom")
 
-# The token is dead (invalid, expired, or revoked); a fresh one fixes it.
-TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
-# WeCom is busy or we went over a frequency limit: the same call later succeeds.
-RETRYABLE_ERRCODES = frozenset({-1, 45009, 45033})
+RETRYABLE_ERRCODES = BUSY_ERRCODES | {45033}  # and WeCom's own limit on concurrent calls
 # What an admin should do about the errcodes a misconfigured bot gets most.
 ERRCODE_HINTS = {
     40001: "the Secret is wrong (use this app's Secret, not another app's)",
@@ -46,6 +44,13 @@ ERRCODE_HINTS = {
     60020: "add this server's public IP to the app's 企业可信IP list in the WeCom admin console",
     81013: "the user is not in the app's visible range (可见范围)",
 }
+
+
+class WeComApi(WeixinApi):
+    label = "WeCom"
+    errors = ErrorTable(transient=RETRYABLE_ERRCODES, token_dead=TOKEN_ERRCODES, hints=ERRCODE_HINTS)
+
+
 @register
 class WeComAdapter(Adapter):
     platform = "wecom"
@@ -142,57 +147,9 @@ class WeComAdapter(Adapter):
     def _token_name(self) -> str:
         return f"wecom:{self.bot.uuid}"
 
-    def _call(self, http: httpx.Client, method: str, path: str, what: str, **kwargs) -> dict:
-        """One API call; the WeCom JSON answer, or TransportError for the transport."""
-        try:
-            response = http.request(method, f"{self.api_base}{path}", **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransportError(f"WeCom {what} timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            # The message of a connection error names no URL, so no credential leaks.
-            raise TransportError(f"WeCom {what} failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code in (408, 429):
-            raise TransportError(f"WeCom {what} answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise TransportError(
-                f"WeCom {what} answered HTTP {response.status_code}; check the bot's API base URL",
-                permanent=True,
-            )
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise TransportError(f"WeCom {what} answered HTTP 200 with a body that is not JSON") from exc
-        # Every WeCom answer carries an integer errcode; without one we cannot tell a
-        # delivered message from a proxy's error page, so it is not taken as success.
-        if not isinstance(data, dict) or not isinstance(data.get("errcode"), int) or isinstance(data["errcode"], bool):
-            raise TransportError(f"WeCom {what} answered without an errcode")
-        return data
-
-    @staticmethod
-    def _refusal(what: str, data: dict) -> TransportError:
-        errcode = data.get("errcode")
-        errmsg = str(data.get("errmsg", ""))[:300]
-        detail = f"WeCom {what} refused: errcode {errcode} {errmsg}"
-        if errcode in ERRCODE_HINTS:
-            detail += f" ({ERRCODE_HINTS[errcode]})"
-        return TransportError(detail, permanent=errcode not in RETRYABLE_ERRCODES)
-
-    def _fetch_token(self, http: httpx.Client) -> tuple[str, int]:
-        data = self._call(
-            http, "GET", "/cgi-bin/gettoken", "gettoken",
-            params={"corpid": str(self.bot.app_id), "corpsecret": str(self.bot.app_secret)},
-        )
-        if data["errcode"] != 0:
-            raise self._refusal("gettoken", data)
-        token, expires_in = data.get("access_token"), data.get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
-            raise TransportError("WeCom gettoken answered without access_token / expires_in")
-        return token, expires_in
-
-    def _post_message(self, http: httpx.Client, payload: dict) -> dict:
-        token = get_token(self._token_name, lambda: self._fetch_token(http))
-        return self._call(http, "POST", "/cgi-bin/message/send", "message/send",
-                          params={"access_token": token}, json=payload)
+    def _fetch_token(self, api: WeComApi) -> tuple[str, int]:
+        credentials = {"corpid": str(self.bot.app_id), "corpsecret": str(self.bot.app_secret)}
+        return api.token_from("gettoken", api.call("GET", "/cgi-bin/gettoken", "gettoken", params=credentials))
 
     def send(self, reply: OutboundReply, http: httpx.Client) -> None:
         agent_id = self.bot.extra.get("agent_id")
@@ -208,17 +165,9 @@ class WeComAdapter(Adapter):
             payload["enable_duplicate_check"] = 1
             payload["duplicate_check_interval"] = settings.WECOM_DUPLICATE_CHECK_INTERVAL
 
-        data = self._post_message(http, payload)
-        if data["errcode"] in TOKEN_ERRCODES:
-            # Expired or revoked before our cached expiry: one fresh token, one retry.
-            logger.info("WeCom refused the cached token of %s (errcode %s); fetching a new one",
-                        self.bot.name, data["errcode"])
-            forget_token(self._token_name)
-            data = self._post_message(http, payload)
-            if data["errcode"] in TOKEN_ERRCODES:
-                raise TransportError(f"WeCom refused a freshly fetched token too (errcode {data['errcode']})")
-        if data["errcode"] != 0:
-            raise self._refusal("message/send", data)
+        api = WeComApi(http, self.api_base, bot_name=self.bot.name)
+        data = api.post_with_token(self._token_name, lambda: self._fetch_token(api), "/cgi-bin/message/send",
+                                   "message/send", payload)
         invalid = {user for user in str(data.get("invaliduser") or "").split("|") if user}
         if touser in invalid:
             # errcode 0, yet nobody got it: WeCom lists users it skipped.

@@ -10,6 +10,7 @@ from dataclasses import replace
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Request, flip, from_headers
 from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message, dingtalk_sign
+from tests.fakes.server import Fault
 
 APP_KEY = "dingcontractappkey01"
 APP_SECRET = "contract-dingtalk-app-secret"
@@ -20,6 +21,9 @@ STAFF_ID = "manager4220"
 class DingTalkKit(ContractKit):
     platform = "dingtalk"
     uses_timestamp_window = False  # the signature's own hour
+    # The conversation's sessionWebhook first, the robot API where DingTalk refuses it.
+    send_path = r"/robot/"
+    token_path = r"/v1\.0/oauth2/accessToken"
 
     def fake_api(self) -> FakeDingTalk:
         fake = FakeDingTalk()
@@ -63,6 +67,15 @@ class DingTalkKit(ContractKit):
 
     def forge(self, request: Request) -> Request:
         return request.with_headers(sign=flip(request.headers["sign"]))
+
+    def token_send_path(self) -> str:
+        return r"/v1\.0/robot/"
+
+    def token_dead(self) -> Fault:
+        return Fault(401, {"code": "InvalidAuthentication", "message": "不合法的access_token"})
+
+    def send_with_token(self, fake: FakeDingTalk) -> None:
+        fake.expire_sessions()  # refused, so the reply goes through the robot API
 
     def sent_texts(self, fake: FakeDingTalk) -> list[str]:
         return [message["text"] for message in fake.sent]

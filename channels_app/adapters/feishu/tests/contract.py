@@ -8,6 +8,7 @@ from bots.models import Bot
 from channels_app.adapters.feishu import crypto
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip, from_headers
 from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event
+from tests.fakes.server import Fault
 
 APP_ID = "cli_contract_app"
 APP_SECRET = "contract-app-secret"
@@ -19,6 +20,8 @@ CHALLENGE = "ajls384kdjx98XX"
 
 class FeishuKit(ContractKit):
     platform = "feishu"
+    send_path = r"/open-apis/im/v1/messages"
+    token_path = r"/open-apis/auth/v3/tenant_access_token/internal"
 
     def fake_api(self) -> FakeFeishu:
         fake = FakeFeishu()
@@ -76,6 +79,9 @@ class FeishuKit(ContractKit):
 
         # With an Encrypt Key, Feishu sends the challenge encrypted.
         return Handshake(from_headers("POST", bot.callback_path, *feishu_callback(challenge, ENCRYPT_KEY)), 200, check)
+
+    def token_dead(self) -> Fault:
+        return Fault(400, {"code": 99991663, "msg": "Invalid access token for authorization"})
 
     def sent_texts(self, fake: FakeFeishu) -> list[str]:
         return [message["text"] for message in fake.sent if message["app_id"] == APP_ID]

@@ -20,6 +20,8 @@ CHALLENGE = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
 
 class SlackKit(ContractKit):
     platform = "slack"
+    send_path = r"/api/chat\.postMessage"
+    no_token_reason = "Slack's bot token (xoxb-) does not expire; Switchboard fetches none"
 
     def fake_api(self) -> FakeSlack:
         fake = FakeSlack()

@@ -7,6 +7,7 @@ import json
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Request, flip, from_headers
+from tests.fakes.server import Fault
 from tests.fakes.telegram import FakeTelegram, telegram_callback, telegram_update
 
 TOKEN = "7000000042:AAContractContractContractContract00"
@@ -20,6 +21,9 @@ class TelegramKit(ContractKit):
     # No nonce, no timestamp: Telegram's repeat of an update is byte for byte the same.
     claims_nonces = False
     uses_timestamp_window = False
+    send_path = r"/sendMessage"
+    no_token_reason = "Telegram's bot token from BotFather does not expire; Switchboard fetches none"
+    no_retry_after_date_reason = "Telegram names seconds in the answer (parameters.retry_after), never a date"
 
     def fake_api(self) -> FakeTelegram:
         fake = FakeTelegram()
@@ -58,6 +62,11 @@ class TelegramKit(ContractKit):
     def forge(self, request: Request) -> Request:
         header = "X-Telegram-Bot-Api-Secret-Token"
         return request.with_headers(**{header: flip(request.headers[header])})
+
+    def rate_limited(self, retry_after: str) -> Fault:
+        description = f"Too Many Requests: retry after {retry_after}"
+        return Fault(429, {"ok": False, "error_code": 429, "description": description,
+                           "parameters": {"retry_after": int(retry_after)}})
 
     def sent_texts(self, fake: FakeTelegram) -> list[str]:
         return [message["text"] for message in fake.sent if message["chat_id"] == CHAT_ID]

@@ -18,6 +18,9 @@ USER = "customer-1093"
 
 class WebhookKit(ContractKit):
     platform = "webhook"
+    send_path = REPLY_PATH  # the bot's outbound_url on the receiver
+    no_token_reason = "the webhook signs each reply with the shared secret; there is no access token"
+    own_timeout_reason = "the adapter sets its own timeout (OUTBOUND_TIMEOUT) on every request; test_webhook covers it"
 
     def fake_api(self) -> FakeWebhookReceiver:
         return FakeWebhookReceiver(secret=SECRET)

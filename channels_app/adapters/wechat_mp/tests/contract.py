@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip
+from tests.fakes.server import Fault
 from tests.fakes.wechat_mp import (
     DEFAULT_APP_ID,
     DEFAULT_APP_SECRET,
@@ -26,6 +27,8 @@ ECHO = "contract-echostr-7265"
 class WeChatMPKit(ContractKit):
     platform = "wechat_mp"
     payload_format = "xml"
+    send_path = r"/cgi-bin/message/custom/send"
+    token_path = r"/cgi-bin/stable_token"
 
     def fake_api(self) -> FakeWeChatMP:
         return FakeWeChatMP()
@@ -70,6 +73,9 @@ class WeChatMPKit(ContractKit):
             assert response["Content-Type"] == "text/plain"
 
         return Handshake(Request("GET", f"{bot.callback_path}?{mp_url_verification(bot, ECHO)}"), 200, check)
+
+    def token_dead(self) -> Fault:
+        return Fault(200, {"errcode": 40001, "errmsg": "invalid credential, access_token is invalid or not latest"})
 
     def sent_texts(self, fake: FakeWeChatMP) -> list[str]:
         return [message["text"]["content"] for message in fake.sent if message.get("touser") == OPENID]

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from bots.models import Bot
 from channels_app.tests.contract import ContractKit, Handshake, Request, flip
+from tests.fakes.server import Fault
 from tests.fakes.wecom import (
     DEFAULT_CORP_ID,
     DEFAULT_CORP_SECRET,
@@ -25,6 +26,8 @@ ECHO = "5927352381066411412"
 class WeComKit(ContractKit):
     platform = "wecom"
     payload_format = "xml"
+    send_path = r"/cgi-bin/message/send"
+    token_path = r"/cgi-bin/gettoken"
 
     def fake_api(self) -> FakeWeCom:
         return FakeWeCom(agent_id=AGENT_ID)
@@ -68,6 +71,9 @@ class WeComKit(ContractKit):
             assert response["Content-Type"] == "text/plain"
 
         return Handshake(Request("GET", f"{bot.callback_path}?{wecom_url_verification(bot, ECHO)}"), 200, check)
+
+    def token_dead(self) -> Fault:
+        return Fault(200, {"errcode": 42001, "errmsg": "access_token expired"})
 
     def sent_texts(self, fake: FakeWeCom) -> list[str]:
         return [message["text"]["content"] for message in fake.sent if message.get("touser") == USER]
