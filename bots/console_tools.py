@@ -36,9 +36,8 @@ from channels_app.crypto import signature as wx_signature
 from channels_app.registry import adapter_for
 from routing.backends import ModelError
 from routing.context import ContextStore
-from routing.dialog import answer, build_messages
+from routing.dialog import answer, build_messages, http_client
 from routing.engine import NoBackend, select_backend
-from routing.tasks import http_client
 
 TEST_CHAT_ID = "console-test"
 TEST_SENDER_ID = "console-test"

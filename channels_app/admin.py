@@ -11,8 +11,9 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from bots.platforms import Platform
+from channels_app import outbox
 from channels_app.models import InboundMessage, MessageStatus
-from routing.tasks import handle_message
+from channels_app.tasks import handle_message
 
 logger = logging.getLogger("switchboard.console")
 
@@ -122,13 +123,9 @@ class InboundMessageAdmin(admin.ModelAdmin):
                 skipped.append(f"#{row.pk} (no reply yet)")
                 continue
             before = {name: getattr(row, name) for name in ["status", *reset]}
-            # One conditional UPDATE: a worker that picked the row up in the meantime wins.
-            if not InboundMessage.objects.filter(pk=row.pk, status=row.status).update(
-                status=MessageStatus.RECEIVED, **reset
-            ):
+            if not outbox.requeue(row, reset):  # a worker that picked the row up meanwhile wins
                 skipped.append(f"#{row.pk} (changed meanwhile)")
                 continue
-            row.refresh_from_db()
             _audit(row, action, before)
             transaction.on_commit(lambda pk=row.pk: _enqueue(pk))
             done += 1

@@ -53,7 +53,7 @@ class InboundMessage(models.Model):
     acked_ms = models.FloatField(null=True, blank=True, help_text="callback answered after (ms)")
     started_at = models.DateTimeField(null=True, blank=True)
     # The claim of a processing row: its task (lease_owner, the Celery task id) holds it
-    # until lease_until, renewed by its worker while the task runs (routing/lease.py).
+    # until lease_until, renewed by its worker while the task runs (channels_app/lease.py).
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     replied_at = models.DateTimeField(null=True, blank=True)

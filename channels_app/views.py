@@ -8,25 +8,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from functools import cache
 
-import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import Counter, Histogram
 
 from bots.models import Bot
 from bots.validators import ip_in_cidrs
-from channels_app import handoff, replay
+from channels_app import handoff, outbox, replay
 from channels_app.base import Adapter
 from channels_app.errors import CallbackError, ReplayedRequest
 from channels_app.message import ParsedMessage
-from channels_app.models import InboundMessage
 from channels_app.registry import adapter_for
 from config.clientip import client_ip
 
@@ -62,7 +58,7 @@ def _refuse(platform: str, status: int, outcome: str, message: str, *log_args) -
 def _enqueue(message_id: int, acked_ms: float, adapter: Adapter | None = None) -> None:
     """Queue the dialog task. With the adapter's replay-check claim deferred, make it in
     the same round trip and undo the row of a replayed request (ReplayedRequest)."""
-    from routing.tasks import handle_message
+    from channels_app.tasks import handle_message
 
     claim = adapter.deferred_nonce if adapter is not None else None
     try:
@@ -85,7 +81,7 @@ def _enqueue(message_id: int, acked_ms: float, adapter: Adapter | None = None) -
         # Only a platform reusing a nonce for another message can get here: the signature
         # covers the message, so a replay repeats its id and meets the unique constraint.
         # The row goes; the task just queued finds nothing to claim.
-        InboundMessage.objects.filter(pk=message_id).delete()
+        outbox.discard(message_id)
         raise
 
 
@@ -96,67 +92,10 @@ def _database_unavailable(platform: str, exc: DatabaseError) -> HttpResponse:
                    "callback on %s not recorded, the database is unavailable: %s", platform[:20], exc)
 
 
-# The columns a callback fills; every other column starts at its field's default.
-_PER_MESSAGE = ("bot", "platform_message_id", "chat_id", "chat_type", "sender_id", "text", "mentioned", "raw",
-                "received_at")
-
-
-@cache
-def _insert_statement() -> tuple[str, tuple]:
-    """INSERT of a whole outbox row that skips a re-delivery instead of failing on it,
-    and the database values of the columns that are the same for every new row."""
-    meta = InboundMessage._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
-    constant = [f for f in fields if f.name not in _PER_MESSAGE]
-    columns = [meta.get_field(name).column for name in _PER_MESSAGE] + [f.column for f in constant]
-    quote = connection.ops.quote_name
-    # Only the model's own table and column names go into the text; values are parameters.
-    sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
-           f"VALUES ({', '.join(['%s'] * len(columns))}) "
-           f"ON CONFLICT ({quote('bot_id')}, {quote('platform_message_id')}) DO NOTHING "
-           f"RETURNING {quote(meta.pk.column)}")
-    return sql, tuple(f.get_db_prep_save(f.get_default(), connection) for f in constant)
-
-
-_RAW = InboundMessage._meta.get_field("raw")
-_RECEIVED_AT = InboundMessage._meta.get_field("received_at")
-
-
-def _insert(message: ParsedMessage, bot: Bot) -> int | None:
-    """The new row's id, None if the platform delivered this message before.
-
-    One statement, in autocommit: no BEGIN/COMMIT round trips and no IntegrityError to
-    unwind for a re-delivery. Inside someone's transaction (a test's) it simply joins it.
-    The values go straight to the driver instead of through a model instance and the
-    ORM's insert path, and on PostgreSQL as bound parameters of a statement prepared
-    once per connection instead of being quoted into the text by the client and parsed
-    and planned again: each of those cost more CPU than inserting the row
-    (docs/performance.md)."""
-    sql, constants = _insert_statement()
-    values = {
-        "bot": bot.pk, "platform_message_id": message.platform_message_id[:200], "chat_id": message.chat_id[:200],
-        "chat_type": message.chat_type, "sender_id": message.sender_id[:200], "text": message.text,
-        "mentioned": message.mentioned,
-        "raw": _RAW.get_db_prep_save({"reply_context": message.reply_context, "event": message.raw}, connection),
-        "received_at": _RECEIVED_AT.get_db_prep_save(timezone.now(), connection),
-    }
-    params = (*(values[name] for name in _PER_MESSAGE), *constants)  # the statement's column order
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            inserted = cursor.fetchone()
-    else:
-        connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params, prepare=settings.DATABASE_PREPARED_STATEMENTS)
-            inserted = cursor.fetchone()
-    return None if inserted is None else inserted[0]
-
-
 def _record(bot: Bot, message: ParsedMessage, started: float, adapter: Adapter) -> bool:
     """Insert the outbox row and hand it off; False if the platform delivered this
     message before."""
-    message_id = _insert(message, bot)
+    message_id = outbox.record(message, bot)
     if message_id is None:
         return False
     if adapter.deferred_nonce is not None:  # only outside a transaction (see callback())

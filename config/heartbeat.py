@@ -5,8 +5,8 @@ WORKER_TTL, so a worker killed with -9 disappears too), and Celery beat stamps a
 time it queues a task. /metrics reads both; `manage.py doctor` reads the beat stamp
 (for workers it asks them directly with a ping).
 
-The handlers are connected when this module is imported; routing.tasks imports it, and
-both the worker and beat import the task modules at start.
+The handlers are connected when this module is imported: CELERY_IMPORTS names it, so
+both the worker and beat import it at start.
 """
 
 from __future__ import annotations

@@ -352,6 +352,7 @@ if WECOM_DUPLICATE_CHECK_INTERVAL > 4 * 3600:
         f"WECOM_DUPLICATE_CHECK_INTERVAL={WECOM_DUPLICATE_CHECK_INTERVAL}; WeCom accepts at most 14400 (4 hours)."
     )
 CELERY_BEAT_SCHEDULE = {
+    # channels_app/tasks.py, under the name it had in routing/tasks.py (kept for upgrades)
     "sweep-outbox": {"task": "routing.tasks.sweep_outbox", "schedule": float(OUTBOX_SWEEP_INTERVAL)},
     "check-api-key-expiry": {"task": "bots.tasks.check_api_key_expiry", "schedule": crontab(hour=6, minute=0)},
 }

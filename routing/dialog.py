@@ -28,6 +28,18 @@ class Answer:
     model_ms: float
 
 
+_http: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per worker process (created after the fork), for the model
+    backends and the platforms' send APIs alike."""
+    global _http
+    if _http is None:
+        _http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0), follow_redirects=False)
+    return _http
+
+
 def build_messages(bot: Bot, history: list[dict[str, str]], text: str) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": bot.system_prompt}] if bot.system_prompt else []
     return [*messages, *history, {"role": "user", "content": text}]

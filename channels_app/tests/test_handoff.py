@@ -13,8 +13,8 @@ import redis
 from django.conf import settings
 
 from channels_app import handoff, replay
+from channels_app.tasks import handle_message
 from config.celery import app
-from routing.tasks import handle_message
 from tests.broker import decode_task_message
 from tests.processes import RedisServer
 

@@ -57,7 +57,7 @@ def test_a_reused_nonce_on_another_message_is_refused_and_leaves_no_row(client, 
     assert response.status_code == 409
     assert list(InboundMessage.objects.values_list("text", flat=True)) == ["first"]
     # Its task was queued in the same round trip; it finds no row to claim.
-    from routing.tasks import handle_message
+    from channels_app.tasks import handle_message
 
     assert queue() == 2
     assert handle_message.apply(args=(InboundMessage.objects.get().pk + 1, None)).get() == "not claimed"

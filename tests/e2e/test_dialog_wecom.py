@@ -12,8 +12,8 @@ import pytest
 
 from bots.models import Bot
 from channels_app.models import InboundMessage, MessageStatus
+from channels_app.tasks import sweep_outbox
 from routing.models import ModelBackend, RoutingRule
-from routing.tasks import sweep_outbox
 from tests.e2e.conftest import CeleryWorker
 from tests.fakes.model import FakeModel
 from tests.fakes.server import Fault

@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from bots.models import Bot
 from channels_app.models import InboundMessage, MessageStatus
+from channels_app.tasks import sweep_outbox
 from routing.models import ModelBackend
-from routing.tasks import sweep_outbox
 from tests.e2e.conftest import CeleryWorker
 from tests.e2e.test_dialog_wecom import deliver, wait_for_status
 from tests.fakes.model import FakeModel

@@ -23,8 +23,8 @@ import pytest
 
 from bots.models import Bot
 from channels_app.models import InboundMessage, MessageStatus
+from channels_app.tasks import sweep_outbox
 from routing.models import ModelBackend
-from routing.tasks import sweep_outbox
 from tests.e2e.conftest import CeleryWorker
 from tests.fakes.dingtalk import FakeDingTalk, dingtalk_callback, dingtalk_message
 from tests.fakes.feishu import FakeFeishu, feishu_callback, feishu_event

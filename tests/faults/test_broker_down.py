@@ -17,7 +17,7 @@ from tests.processes import REPO_ROOT, RedisServer, process_env, wait_until
 
 pytestmark = pytest.mark.slow
 
-SWEEP = "import django; django.setup(); from routing.tasks import sweep_outbox; print(sweep_outbox())"
+SWEEP = "import django; django.setup(); from channels_app.tasks import sweep_outbox; print(sweep_outbox())"
 
 
 def sweep(broker_url: str) -> str:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 # The sweeper re-queues "received" rows older than RECEIVED_AFTER and "processing" rows
 # whose task started more than STUCK_AFTER ago; STUCK_AFTER stays above a task's length.
 RECEIVED_AFTER, STUCK_AFTER = 1, 4
-SWEEP = "import django; django.setup(); from routing.tasks import sweep_outbox; print(sweep_outbox.run())"
+SWEEP = "import django; django.setup(); from channels_app.tasks import sweep_outbox; print(sweep_outbox.run())"
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,11 @@ BEFORE_STOP = 12  # sent while Redis is up; the rest while it is down
 # must stay well above a task's duration, or a running task's row would be taken twice.
 RECEIVED_AFTER, STUCK_AFTER = 1, 6
 
-SWEEP = "import django; django.setup(); from routing.tasks import sweep_outbox; print(sweep_outbox.run())"
+SWEEP = "import django; django.setup(); from channels_app.tasks import sweep_outbox; print(sweep_outbox.run())"
 
 
 def sweep(redis_url: str) -> str:
-    """One run of the outbox sweeper (routing.tasks.sweep_outbox.run()), as beat would start
+    """One run of the outbox sweeper (channels_app.tasks.sweep_outbox.run()), as beat would start
     it. In its own process: the test process's Celery app keeps the broker it first
     connected to, so only a fresh process publishes to the private Redis."""
     result = subprocess.run(

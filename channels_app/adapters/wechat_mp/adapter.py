@@ -48,13 +48,12 @@ from dataclasses import dataclass
 
 import httpx
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from bots.models import Bot
+from channels_app import outbox
 from channels_app.adapters.wechat_mp.passive import (
     CONTINUED,
     PART_LIMIT_BYTES,
@@ -72,7 +71,7 @@ from channels_app.crypto import (
 from channels_app.crypto.callback import TIMESTAMP, bot_crypt, decrypt_for_bot, query_params, xml_fields
 from channels_app.errors import MalformedRequest, SignatureInvalid, TransportError
 from channels_app.message import OutboundReply, ParsedMessage
-from channels_app.models import InboundMessage, MessageStatus
+from channels_app.models import MessageStatus
 from channels_app.outbound import split_reply
 from channels_app.platform_api import ErrorTable
 from channels_app.registry import register
@@ -347,8 +346,7 @@ class WeChatMPAdapter(Adapter):
         return self._passive_response(content)
 
     def _row_state(self, msgid: str) -> _RowState:
-        row = (InboundMessage.objects.filter(bot=self.bot, platform_message_id=msgid)
-               .values("status", "raw", "reply_text").first())
+        row = outbox.passive_state(self.bot, msgid)
         if row is None:
             return _RowState()
         if row["status"] == MessageStatus.FAILED:
@@ -358,39 +356,20 @@ class WeChatMPAdapter(Adapter):
         return _RowState(delivered=row["status"] == MessageStatus.REPLIED and 0 < expected <= delivered)
 
     def _expected_parts(self, reply_text: str) -> int:
-        # The parts the task makes of the reply (routing.tasks.handle_message).
+        # The parts the task makes of the reply (channels_app.tasks.handle_message).
         return sum(1 for part in split_reply(reply_text, self.max_reply_length, self.length_unit) if part.strip())
 
     def _note_delivery(self, msgid: str, count: int, delivered_with: str) -> bool:
         """Record on msgid's row that `count` of its parts went to WeChat in the answer to
         delivered_with; True if parts of it are still to come."""
-        now = timezone.now()
-        with transaction.atomic():
-            row = (InboundMessage.objects.select_for_update()
-                   .filter(bot=self.bot, platform_message_id=msgid).first())
-            if row is None:
-                return False
-            passive = dict((row.raw or {}).get("passive") or {})
-            delivered = int(passive.get("parts_delivered", 0)) + count
-            passive.update(parts_delivered=delivered, delivered_at=now.isoformat(), delivered_with=delivered_with)
-            row.raw = {**(row.raw or {}), "passive": passive}
-            fields = ["raw"]
-            if row.status == MessageStatus.REPLIED:
-                row.replied_at = now  # when the user got it, not when it was queued
-                fields.append("replied_at")
-            row.save(update_fields=fields)
-        return delivered < self._expected_parts(row.reply_text)
+        noted = outbox.note_passive_delivery(self.bot, msgid, count, delivered_with)
+        if noted is None:
+            return False
+        delivered, reply_text = noted
+        return delivered < self._expected_parts(reply_text)
 
     def _note_waiting(self, msgid: str) -> None:
-        with transaction.atomic():
-            row = (InboundMessage.objects.select_for_update()
-                   .filter(bot=self.bot, platform_message_id=msgid).first())
-            if row is None:
-                return
-            passive = dict((row.raw or {}).get("passive") or {})
-            passive.setdefault("waiting_since", timezone.now().isoformat())
-            row.raw = {**(row.raw or {}), "passive": passive}
-            row.save(update_fields=["raw"])
+        outbox.note_passive_waiting(self.bot, msgid)
 
     def seal_reply(self, xml: str, timestamp: str, nonce: str, random16: bytes | None = None) -> str:
         """The encrypted envelope of a passive reply (safe and compatible mode)."""

@@ -10,7 +10,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from channels_app.models import InboundMessage, MessageStatus
-from routing.tasks import handle_message, sweep_outbox
+from channels_app.tasks import handle_message, sweep_outbox
 
 
 def queued_message_ids(settings) -> list[int]:

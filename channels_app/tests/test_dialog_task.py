@@ -12,10 +12,10 @@ import pytest
 from django.utils import timezone
 
 from channels_app.models import InboundMessage, MessageStatus
+from channels_app.tasks import handle_message, sweep_outbox
 from routing import ratelimit
 from routing.context import ContextStore
 from routing.models import ModelBackend
-from routing.tasks import handle_message, sweep_outbox
 from tests.broker import decode_task_message
 from tests.fakes.model import FakeModel
 from tests.fakes.server import Fault

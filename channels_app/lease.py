@@ -1,4 +1,5 @@
-"""Leases on the outbox rows the dialog tasks work on.
+"""Leases on the outbox rows the dialog tasks work on: the worker's renewal thread (the
+statements are channels_app/outbox.py's).
 
 A task that claims a row holds it (lease_owner = its Celery task id) until lease_until.
 The sweeper and a second claim take a processing row over only once its lease has
@@ -18,18 +19,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta
 
 from celery.signals import worker_ready, worker_shutdown
-from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
-from django.utils import timezone
 from prometheus_client import Counter
 
-from channels_app.models import InboundMessage, MessageStatus
+from channels_app import outbox
 
 logger = logging.getLogger("switchboard.dialog")
 
+# The dialog task's registered name, kept from before it moved from routing/tasks.py to
+# channels_app/tasks.py: tasks queued by an earlier release are still consumed.
 TASK_NAME = "routing.tasks.handle_message"
 
 LEASES_RENEWED = Counter(
@@ -42,26 +42,14 @@ RENEWALS_FAILED = Counter(
 _stop = threading.Event()
 
 
-def lease_seconds() -> float:
-    return float(settings.OUTBOX_STUCK_AFTER)
-
-
 def renew_interval() -> float:
     """A quarter of the lease: three renewals may fail (a database blip) before it lapses."""
-    return lease_seconds() / 4
-
-
-def lease_end(start: datetime | None = None) -> datetime:
-    return (start or timezone.now()) + timedelta(seconds=lease_seconds())
+    return outbox.lease_seconds() / 4
 
 
 def renew(owners: list[str]) -> int:
     """Extend the lease of every processing row held by one of these task ids."""
-    if not owners:
-        return 0
-    renewed = InboundMessage.objects.filter(status=MessageStatus.PROCESSING, lease_owner__in=owners).update(
-        lease_until=lease_end()
-    )
+    renewed = outbox.renew_leases(owners)
     LEASES_RENEWED.inc(renewed)
     return renewed
 
