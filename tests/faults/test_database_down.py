@@ -77,8 +77,10 @@ def test_a_worker_whose_connection_died_while_idle_answers_the_next_message_with
         assert post_locally(bot, "second", 8102).status_code == 200
         sent = wecom.wait_for(r"/message/send", 2, timeout=15)
         assert sent[1].json()["text"]["content"] == "[m1] second (history=2)"
-        row = InboundMessage.objects.get(platform_message_id="8102")
-        assert row.status == MessageStatus.REPLIED and row.attempts == 1
+        # The send reaches the fake a moment before the task records the reply.
+        wait_until(lambda: InboundMessage.objects.get(platform_message_id="8102").status == MessageStatus.REPLIED,
+                   timeout=10, what="second message replied")
+        assert InboundMessage.objects.get(platform_message_id="8102").attempts == 1
         assert "Retry in 1s" in worker.output()
     time.sleep(0.5)
     assert len(wecom.received(r"/message/send")) == 2
