@@ -16,15 +16,18 @@ from audit.models import AuthEvent
 class ExportForm(forms.Form):
     format = forms.ChoiceField(choices=ExportFormat.choices, widget=forms.RadioSelect, initial=ExportFormat.CSV)
     since = forms.CharField(
-        required=False, widget=forms.DateInput(attrs={"type": "date"}),
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
         help_text="From this day on (inclusive). Blank: from the first entry.",
     )
     until = forms.CharField(
-        required=False, widget=forms.DateInput(attrs={"type": "date"}),
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Up to and including this day. Blank: up to now.",
     )
     model = forms.CharField(
-        required=False, help_text="Only changes to this model, as app_label.model (bots.bot, routing.routingrule).",
+        required=False,
+        help_text="Only changes to this model, as app_label.model (bots.bot, routing.routingrule).",
     )
     actor = forms.CharField(required=False, label="User", help_text="Only what this user name did.")
 
@@ -38,8 +41,11 @@ class ExportForm(forms.Form):
         cleaned = super().clean()
         try:
             cleaned["filters"] = ExportFilters.parse(
-                kind=self.kind, since=cleaned.get("since"), until=cleaned.get("until"),
-                model=cleaned.get("model", ""), actor=cleaned.get("actor", ""),
+                kind=self.kind,
+                since=cleaned.get("since"),
+                until=cleaned.get("until"),
+                model=cleaned.get("model", ""),
+                actor=cleaned.get("actor", ""),
             )
         except ExportFilterError as exc:
             self.add_error(exc.field if exc.field in self.fields else None, exc.message)
@@ -64,8 +70,9 @@ class AuditExportMixin:
         initial = {"format": request.GET.get("format", ExportFormat.CSV)}
         form = ExportForm(data, kind=self.export_kind, initial=initial)
         if request.method == "POST" and form.is_valid():
-            return export_response(form.cleaned_data["format"], form.cleaned_data["filters"], request=request,
-                                   user=request.user)
+            return export_response(
+                form.cleaned_data["format"], form.cleaned_data["filters"], request=request, user=request.user
+            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

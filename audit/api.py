@@ -17,13 +17,12 @@ from bots.models import ApiKeyScope
 class ExportQuery(serializers.Serializer):
     format = serializers.ChoiceField(choices=ExportFormat.choices, default=ExportFormat.CSV)
     kind = serializers.ChoiceField(
-        choices=ExportKind.choices, default=ExportKind.CHANGES,
+        choices=ExportKind.choices,
+        default=ExportKind.CHANGES,
         help_text="changes: configuration changes with their diffs; auth: sign-ins, refusals, exports",
     )
     since = serializers.CharField(required=False, help_text="inclusive; a date (2026-01-01) or an ISO date-time")
-    until = serializers.CharField(
-        required=False, help_text="exclusive; a date means through the end of that day"
-    )
+    until = serializers.CharField(required=False, help_text="exclusive; a date means through the end of that day")
     model = serializers.CharField(required=False, help_text="kind=changes only: app_label.model, e.g. bots.bot")
     actor = serializers.CharField(required=False, help_text="the username that made the change or event")
 

@@ -69,8 +69,18 @@ class ExportFormat(models.TextChoices):
 
 
 COLUMNS = {
-    ExportKind.CHANGES: ["seq", "timestamp", "actor", "remote_addr", "action", "model", "object_id", "object_repr",
-                         "changes", "cid"],
+    ExportKind.CHANGES: [
+        "seq",
+        "timestamp",
+        "actor",
+        "remote_addr",
+        "action",
+        "model",
+        "object_id",
+        "object_repr",
+        "changes",
+        "cid",
+    ],
     ExportKind.AUTH: ["seq", "at", "kind", "username", "remote_addr", "user_agent", "detail"],
 }
 CONTENT_TYPES = {ExportFormat.CSV: "text/csv; charset=utf-8", ExportFormat.JSONL: "application/jsonl; charset=utf-8"}
@@ -111,8 +121,9 @@ def _moment(value: str | date | datetime | None, field_name: str, end_of_day: bo
         except ValueError:
             parsed = None
         if parsed is None:
-            raise ExportFilterError(field_name, f"{value!r} is not a date (2026-03-01) or a date and time "
-                                                "(2026-03-01T12:00:00Z)")
+            raise ExportFilterError(
+                field_name, f"{value!r} is not a date (2026-03-01) or a date and time (2026-03-01T12:00:00Z)"
+            )
         value = parsed
     if not isinstance(value, datetime):
         value = datetime.combine(value + timedelta(days=1) if end_of_day else value, time.min)
@@ -122,7 +133,7 @@ def _moment(value: str | date | datetime | None, field_name: str, end_of_day: bo
 
 
 def _model_label(value: str) -> str:
-    """"bots.bot", "bots.Bot" or "bot" → "bots.bot" (a model auditlog may have logged)."""
+    """ "bots.bot", "bots.Bot" or "bot" → "bots.bot" (a model auditlog may have logged)."""
     text = value.strip().lower()
     if "." in text:
         app_label, model = text.split(".", 1)
@@ -147,8 +158,14 @@ class ExportFilters:
     actor: str = ""
 
     @classmethod
-    def parse(cls, kind: str = ExportKind.CHANGES, since: str | date | datetime | None = None,
-              until: str | date | datetime | None = None, model: str = "", actor: str = "") -> ExportFilters:
+    def parse(
+        cls,
+        kind: str = ExportKind.CHANGES,
+        since: str | date | datetime | None = None,
+        until: str | date | datetime | None = None,
+        model: str = "",
+        actor: str = "",
+    ) -> ExportFilters:
         """From form or query values; raises ExportFilterError naming the field."""
         if kind not in ExportKind.values:
             raise ExportFilterError("kind", f"{kind!r} is not one of {', '.join(ExportKind.values)}")
@@ -313,8 +330,14 @@ class AuditExport:
             AuthEvent.objects.filter(pk=self.event.pk).update(detail=self.event.detail)
 
 
-def start_export(fmt: str, filters: ExportFilters, *, request: HttpRequest | None = None,
-                 user: AbstractBaseUser | None = None, username: str = "") -> AuditExport:
+def start_export(
+    fmt: str,
+    filters: ExportFilters,
+    *,
+    request: HttpRequest | None = None,
+    user: AbstractBaseUser | None = None,
+    username: str = "",
+) -> AuditExport:
     """Record the export (AUDIT_EXPORTED, with its id and filters) and return it ready
     to stream. Recorded before the first byte, so an export cut off midway is on file too;
     the row count and final hash are added to the event when the last line is out."""
@@ -324,13 +347,19 @@ def start_export(fmt: str, filters: ExportFilters, *, request: HttpRequest | Non
     # The id and format lead and the hash is appended, so they always fit in the 300
     # characters; only a long filter description is shortened.
     detail = f"export {export.id} {fmt} {filters.describe()}"[:200]
-    export.event = record_auth_event(AuthEventKind.AUDIT_EXPORTED, request, user=user, username=username,
-                                     detail=detail)
+    export.event = record_auth_event(AuthEventKind.AUDIT_EXPORTED, request, user=user, username=username, detail=detail)
     return export
 
 
-def write_export(stream: TextIO, fmt: str, *, request: HttpRequest | None = None,
-                 user: AbstractBaseUser | None = None, username: str = "", **filters: Any) -> AuditExport:
+def write_export(
+    stream: TextIO,
+    fmt: str,
+    *,
+    request: HttpRequest | None = None,
+    user: AbstractBaseUser | None = None,
+    username: str = "",
+    **filters: Any,
+) -> AuditExport:
     """Write a whole export to `stream` (a file, or an HttpResponse). `filters` are
     ExportFilters.parse's: kind, since, until, model, actor (strings, dates or
     datetimes). Raises ExportFilterError before anything is recorded or written."""
@@ -340,8 +369,9 @@ def write_export(stream: TextIO, fmt: str, *, request: HttpRequest | None = None
     return export
 
 
-def export_response(fmt: str, filters: ExportFilters, *, request: HttpRequest,
-                    user: AbstractBaseUser | None = None, username: str = "") -> StreamingHttpResponse:
+def export_response(
+    fmt: str, filters: ExportFilters, *, request: HttpRequest, user: AbstractBaseUser | None = None, username: str = ""
+) -> StreamingHttpResponse:
     """A streaming download of an export, for the API and the console."""
     export = start_export(fmt, filters, request=request, user=user, username=username)
     response = StreamingHttpResponse(export.lines(), content_type=export.content_type)
@@ -441,11 +471,15 @@ def verify_export(stream: TextIO) -> Verification:
                 rest = next(records, None)
                 if rest is not None:
                     raise _Broken(rest[0], "more lines after the end line")
-                return Verification(True, rows, f"OK: {rows} rows, chain intact", export_id=export_id,
-                                    final_hash=record["hash"])
+                return Verification(
+                    True, rows, f"OK: {rows} rows, chain intact", export_id=export_id, final_hash=record["hash"]
+                )
             if record.get("prev_hash") != prev:
-                raise _Broken(number, "prev_hash is not the hash of the line before: a row was removed, inserted "
-                                      "or moved here (or the header was changed)")
+                raise _Broken(
+                    number,
+                    "prev_hash is not the hash of the line before: a row was removed, inserted "
+                    "or moved here (or the header was changed)",
+                )
             body = {k: v for k, v in record.items() if k not in CHAIN_COLUMNS}
             if record.get("hash") != chain_hash(prev, body):
                 raise _Broken(number, "the row's hash does not match its contents: the row was changed")
@@ -460,8 +494,9 @@ def verify_export(stream: TextIO) -> Verification:
 
 def _check_end(record: dict[str, Any], number: int, prev: str, rows: int) -> None:
     if record.get("prev_hash") != prev:
-        raise _Broken(number, "the end line does not follow the last row: rows were removed, inserted or moved "
-                              "before it")
+        raise _Broken(
+            number, "the end line does not follow the last row: rows were removed, inserted or moved before it"
+        )
     body = {k: v for k, v in record.items() if k not in CHAIN_COLUMNS}
     if record.get("hash") != chain_hash(prev, body):
         raise _Broken(number, "the end line was changed")
@@ -475,8 +510,13 @@ _RECORDED_HASH = re.compile(r"\| rows=\d+ sha256=([0-9a-f]{64})$")
 def recorded_final_hash(export_id: str) -> tuple[AuthEvent | None, str]:
     """The AUDIT_EXPORTED event of an export and the final hash it recorded ("" if the
     export never finished)."""
-    event = AuthEvent.objects.filter(kind=AuthEventKind.AUDIT_EXPORTED, detail__startswith=f"export {export_id} ")\
-        .order_by("at").first() if re.fullmatch(r"[0-9a-f]{32}", export_id) else None
+    event = (
+        AuthEvent.objects.filter(kind=AuthEventKind.AUDIT_EXPORTED, detail__startswith=f"export {export_id} ")
+        .order_by("at")
+        .first()
+        if re.fullmatch(r"[0-9a-f]{32}", export_id)
+        else None
+    )
     if event is None:
         return None, ""
     found = _RECORDED_HASH.search(event.detail)

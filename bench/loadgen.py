@@ -62,16 +62,24 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 def summarize(sorted_values: list[float]) -> dict[str, float | None]:
     """p50/p95/p99/max (rounded) of an already sorted list of milliseconds."""
-    figures = {"p50": percentile(sorted_values, 0.50), "p95": percentile(sorted_values, 0.95),
-               "p99": percentile(sorted_values, 0.99), "max": sorted_values[-1] if sorted_values else None}
+    figures = {
+        "p50": percentile(sorted_values, 0.50),
+        "p95": percentile(sorted_values, 0.95),
+        "p99": percentile(sorted_values, 0.99),
+        "max": sorted_values[-1] if sorted_values else None,
+    }
     return {name: (round(value, 2) if value is not None else None) for name, value in figures.items()}
 
 
 def _http_request(url: str, method: str, target_suffix: str, headers: dict[str, str], body: bytes) -> bytes:
     parts = urlsplit(url)
     target = (parts.path or "/") + target_suffix
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}",
-             "Connection: close"]
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     lines += [f"{key}: {value}" for key, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -87,18 +95,25 @@ def prepare(args: argparse.Namespace, count: int) -> list[Prepared]:
         credentials = SimpleNamespace(app_id=args.app_id, token=args.token, encoding_aes_key=args.aes_key)
         for index in range(count):
             msg_id = str(base + index)
-            xml = wecom_text_xml(args.app_id, f"user{index % args.senders}", f"bench {msg_id}", msg_id,
-                                 args.agent_id)
+            xml = wecom_text_xml(args.app_id, f"user{index % args.senders}", f"bench {msg_id}", msg_id, args.agent_id)
             query, body = wecom_callback(credentials, xml)
-            prepared.append(Prepared(msg_id, _http_request(args.url, "POST", "?" + query,
-                                                           {"Content-Type": "text/xml"}, body)))
+            prepared.append(
+                Prepared(msg_id, _http_request(args.url, "POST", "?" + query, {"Content-Type": "text/xml"}, body))
+            )
     elif args.platform == "feishu":
         from tests.fakes.feishu import feishu_callback, feishu_event
 
         for index in range(count):
             msg_id = f"om_{run}_{index}"
-            event = feishu_event(args.app_id, args.token, msg_id, f"oc_{run}", "p2p",
-                                 f"ou_{run}{index % args.senders}", f"bench {msg_id}")
+            event = feishu_event(
+                args.app_id,
+                args.token,
+                msg_id,
+                f"oc_{run}",
+                "p2p",
+                f"ou_{run}{index % args.senders}",
+                f"bench {msg_id}",
+            )
             headers, body = feishu_callback(event, args.aes_key or None)
             prepared.append(Prepared(msg_id, _http_request(args.url, "POST", "", headers, body)))
     else:
@@ -149,6 +164,7 @@ async def run(args: argparse.Namespace, prepared: list[Prepared]) -> dict:
             tasks.append(asyncio.create_task(one(request)))
         await asyncio.gather(*tasks)
     else:
+
         async def loop() -> None:
             for request in queue:
                 if time.perf_counter() >= deadline:
@@ -179,8 +195,9 @@ async def run(args: argparse.Namespace, prepared: list[Prepared]) -> dict:
         "exhausted": len(records) >= len(prepared),
     }
     if args.records:
-        result["records"] = [{"message_id": m, "sent_at": s, "status": st, "ms": round(sec * 1000, 3)}
-                             for m, s, st, sec in records]
+        result["records"] = [
+            {"message_id": m, "sent_at": s, "status": st, "ms": round(sec * 1000, 3)} for m, s, st, sec in records
+        ]
     return result
 
 
@@ -196,8 +213,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--concurrency", type=int, default=16, help="connections in flight (closed loop)")
     p.add_argument("--rate", type=float, default=0.0, help="fixed requests per second (open loop)")
-    p.add_argument("--max-requests", type=int, default=0,
-                   help="requests to build beforehand (default: enough for 4,000/s, or the rate)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="requests to build beforehand (default: enough for 4,000/s, or the rate)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request counts as failed")
     p.add_argument("--records", action="store_true", help="include every request in the output")
     p.add_argument("--json", help="write the result here instead of standard output")

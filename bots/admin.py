@@ -35,9 +35,11 @@ class TestMessageForm(forms.Form):
     text = forms.CharField(max_length=4000, widget=forms.Textarea(attrs={"rows": 3, "cols": 70}))
     chat_type = forms.ChoiceField(choices=ChatType.choices, initial=ChatType.P2P)
     chat_id = forms.CharField(
-        label="Chat id", max_length=200, required=False,
+        label="Chat id",
+        max_length=200,
+        required=False,
         help_text="Blank: a test conversation of its own. A real chat id (with its sender id) uses that "
-                  "conversation's context, read-only.",
+        "conversation's context, read-only.",
     )
     sender_id = forms.CharField(label="Sender id", max_length=200, required=False)
 
@@ -127,10 +129,16 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     def get_urls(self):
         tools = [
             path("<path:object_id>/reveal/", self.admin_site.admin_view(self.reveal_view), name="bots_bot_reveal"),
-            path("<path:object_id>/test-message/", self.admin_site.admin_view(self.test_message_view),
-                 name="bots_bot_test_message"),
-            path("<path:object_id>/check-callback/", self.admin_site.admin_view(self.check_callback_view),
-                 name="bots_bot_check_callback"),
+            path(
+                "<path:object_id>/test-message/",
+                self.admin_site.admin_view(self.test_message_view),
+                name="bots_bot_test_message",
+            ),
+            path(
+                "<path:object_id>/check-callback/",
+                self.admin_site.admin_view(self.check_callback_view),
+                name="bots_bot_check_callback",
+            ),
         ]
         return tools + super().get_urls()
 
@@ -158,9 +166,7 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
         bot = self._bot_for_tool(request, object_id)
         if not is_fresh(request):
             return redirect_to_step_up(request, f"reveal a secret of bot {bot.name}", back=request.path)
-        secret_fields = {
-            f.name: str(f.verbose_name) for f in Bot._meta.fields if isinstance(f, EncryptedTextField)
-        }
+        secret_fields = {f.name: str(f.verbose_name) for f in Bot._meta.fields if isinstance(f, EncryptedTextField)}
         revealed = None
         if request.method == "POST":
             name = request.POST.get("field", "")
@@ -170,7 +176,9 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
                 value = str(getattr(bot, name))
                 if value:
                     record_auth_event(
-                        AuthEventKind.SECRET_REVEALED, request, user=request.user,
+                        AuthEventKind.SECRET_REVEALED,
+                        request,
+                        user=request.user,
                         detail=f"bot {bot.name} (id {bot.pk}): {name}",
                     )
                 revealed = {"name": name, "label": secret_fields[name], "value": value}
@@ -187,7 +195,9 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             result = console_tools.dry_run(
-                bot, data["text"], data["chat_type"],
+                bot,
+                data["text"],
+                data["chat_type"],
                 chat_id=data["chat_id"] or console_tools.TEST_CHAT_ID,
                 sender_id=data["sender_id"] or console_tools.TEST_SENDER_ID,
             )
@@ -197,8 +207,12 @@ class BotAdmin(StepUpAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
         bot = self._bot_for_tool(request, object_id)
         result = console_tools.check_callback(bot, request) if request.method == "POST" else None
         return self._render_tool(
-            request, bot, "check_callback.html", "Check callback setup",
-            result=result, callback_url=request.build_absolute_uri(bot.callback_path),
+            request,
+            bot,
+            "check_callback.html",
+            "Check callback setup",
+            result=result,
+            callback_url=request.build_absolute_uri(bot.callback_path),
         )
 
 
@@ -224,7 +238,9 @@ class ApiKeyAdminForm(forms.ModelForm):
     # Checkboxes rather than the JSON text box: the list of scopes is fixed. Not required
     # here: ApiKey.clean() refuses an empty list, and says why, for every way in.
     scopes = forms.MultipleChoiceField(
-        choices=ApiKeyScope.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        choices=ApiKeyScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
         help_text="What the key may call: at least one. Give a client only the scopes it needs.",
     )
 
@@ -268,7 +284,10 @@ class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
             format_html(
                 '{} <strong>{}</strong>: <code class="sb-new-key" data-prefix="{}">{}</code> — copy it now, '
                 "it will not be shown again.",
-                what, obj.name, obj.prefix, key,
+                what,
+                obj.name,
+                obj.prefix,
+                key,
             ),
         )
 
@@ -278,8 +297,9 @@ class ApiKeyAdmin(StepUpAdminMixin, admin.ModelAdmin):
         if key:
             self._show_key_once(request, obj, key, "New API key for")
 
-    @admin.action(description="Rotate selected API keys (the old key keeps working for 24 hours)",
-                  permissions=["change"])
+    @admin.action(
+        description="Rotate selected API keys (the old key keeps working for 24 hours)", permissions=["change"]
+    )
     def rotate_keys(self, request: HttpRequest, queryset) -> None:
         skipped = []
         for old in queryset.order_by("name"):

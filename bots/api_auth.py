@@ -145,7 +145,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         if len(parts) != 2 or parts[0].lower() != KEYWORD.lower():
             scheme = parts[0] if parts else ""
             raise refuse(
-                django_request, Refusal.MALFORMED,
+                django_request,
+                Refusal.MALFORMED,
                 f"the Authorization header must be `{KEYWORD} <key>` (got a {scheme[:20]!r} header); "
                 "the key goes after the word Api-Key and one space",
             )
@@ -153,7 +154,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = ApiKey.find(presented)
         if key is None:
             raise refuse(
-                django_request, Refusal.UNKNOWN,
+                django_request,
+                Refusal.UNKNOWN,
                 "unknown API key: check that the whole key was copied (it is shown only once, when it is created)",
                 prefix=_claimed_prefix(presented),
             )
@@ -166,14 +168,15 @@ class ApiKeyAuthentication(BaseAuthentication):
             ended = f"{key.expires_at:%Y-%m-%d %H:%M} UTC"
             message = (
                 f"this API key was rotated and its grace period ended at {ended}; use the key that replaced it"
-                if key.replaced_by_id else
-                f"this API key expired at {ended}; ask an administrator to rotate it"
+                if key.replaced_by_id
+                else f"this API key expired at {ended}; ask an administrator to rotate it"
             )
             raise refuse(django_request, Refusal.EXPIRED, message, key=key)
         address = client_ip(django_request)
         if key.allowed_cidrs and (address is None or not ip_in_cidrs(address, key.allowed_cidrs)):
             raise refuse(
-                django_request, Refusal.IP_NOT_ALLOWED,
+                django_request,
+                Refusal.IP_NOT_ALLOWED,
                 f"this API key may not be used from {address or 'an unknown address'}; an administrator can add "
                 "the address to the key's allowed networks",
                 key=key,
@@ -197,7 +200,8 @@ class HasRequiredScope(BasePermission):
         if scope not in key.scopes:
             held = ", ".join(key.scopes) or "none"
             raise refuse(
-                request._request, Refusal.MISSING_SCOPE,
+                request._request,
+                Refusal.MISSING_SCOPE,
                 f"this API key lacks the `{scope}` scope needed here (its scopes: {held}); "
                 "an administrator can issue a key with it",
                 key=key,
@@ -255,10 +259,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RequestDataTooBig):
         # Django's own answer would be its HTML 400 page.
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        logger.warning("API request refused: body over %s bytes; %s %s", limit, context["request"].method,
-                       context["request"].path)
-        exc = BodyTooLarge(f"the body is larger than {limit} bytes (CALLBACK_MAX_BODY_BYTES), the most this "
-                           "API reads")
+        logger.warning(
+            "API request refused: body over %s bytes; %s %s", limit, context["request"].method, context["request"].path
+        )
+        exc = BodyTooLarge(f"the body is larger than {limit} bytes (CALLBACK_MAX_BODY_BYTES), the most this API reads")
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -282,7 +286,8 @@ class ApiErrorBody(serializers.Serializer):
     code = serializers.CharField(help_text="stable, machine-readable, e.g. key_expired, invalid_request, throttled")
     message = serializers.CharField(help_text="what went wrong and what to do about it, for a person")
     fields = serializers.DictField(
-        child=serializers.ListField(child=serializers.CharField()), required=False,
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
         help_text="for invalid_request: the problems of each field of the body",
     )
 
@@ -303,5 +308,5 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "in": "header",
             "name": "Authorization",
             "description": f"`{KEYWORD} <key>`, e.g. `Authorization: {KEYWORD} sb_1a2b3c4d_…`. Keys are issued in "
-                           "the console with scopes (`chat`, `audit:read`), optional allowed networks and an expiry.",
+            "the console with scopes (`chat`, `audit:read`), optional allowed networks and an expiry.",
         }

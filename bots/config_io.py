@@ -402,7 +402,12 @@ class _Planner:
                 setattr(obj, key, obj._meta.get_field(key).get_default())
 
     def _record(
-        self, kind: str, label: str, obj: models.Model, before: dict[str, Any] | None, keys: dict[str, Key],
+        self,
+        kind: str,
+        label: str,
+        obj: models.Model,
+        before: dict[str, Any] | None,
+        keys: dict[str, Key],
         values: dict[str, Any],
     ) -> None:
         refs = {key: Ref(spec.refers_to, values.get(key)) for key, spec in keys.items() if spec.refers_to}
@@ -539,7 +544,9 @@ def _snapshot(obj: models.Model) -> dict[str, Any]:
     return {
         f.attname: getattr(obj, f.attname)
         for f in obj._meta.concrete_fields
-        if not f.primary_key and not f.is_relation and not getattr(f, "auto_now", False)
+        if not f.primary_key
+        and not f.is_relation
+        and not getattr(f, "auto_now", False)
         and not getattr(f, "auto_now_add", False)
     }
 

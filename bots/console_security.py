@@ -17,18 +17,20 @@ CONSOLE_PREFIX = "/admin/"
 # Django's admin (5.x) runs no inline script: its scripts are files, and its page data
 # sits in data attributes and JSON blocks, so scripts can be 'self' only. Inline styles
 # stay allowed: our sign-in pages and the QR code's inline SVG use them.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self' 'unsafe-inline'",
-    "img-src 'self' data:",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 LAST_SEEN_KEY = "switchboard_last_seen"
 SIGNED_IN_AT_KEY = "switchboard_signed_in_at"
 # Writing the session on every click would cost a database write per request; a

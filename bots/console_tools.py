@@ -62,8 +62,9 @@ class DryRun:
     error: str = ""
 
 
-def dry_run(bot: Bot, text: str, chat_type: str = "p2p", chat_id: str = TEST_CHAT_ID,
-            sender_id: str = TEST_SENDER_ID) -> DryRun:
+def dry_run(
+    bot: Bot, text: str, chat_type: str = "p2p", chat_id: str = TEST_CHAT_ID, sender_id: str = TEST_SENDER_ID
+) -> DryRun:
     """Answer `text` as the bot would, without sending the reply or saving the turn.
 
     With a real chat and sender id, the context is that conversation's (read, not
@@ -71,8 +72,7 @@ def dry_run(bot: Bot, text: str, chat_type: str = "p2p", chat_id: str = TEST_CHA
     started = time.perf_counter()
     context = ContextStore()
     history = context.load(bot, chat_id, sender_id)
-    base = {"text": text, "chat_type": chat_type, "history": history,
-            "prompt": build_messages(bot, history, text)}
+    base = {"text": text, "chat_type": chat_type, "history": history, "prompt": build_messages(bot, history, text)}
     try:
         selection = select_backend(bot, text, chat_type)
     except NoBackend as exc:
@@ -148,8 +148,9 @@ def _wecom_problems(bot: Bot) -> list[str]:
     if not bot.app_id:
         problems.append("App ID is empty. For WeCom it holds the CorpID (企业ID), under My Company → Company Info.")
     if not str(bot.token):
-        problems.append("Token is empty. Copy it from the app's Receive Messages → Set API Receive page "
-                        "(接收消息 → 设置API接收).")
+        problems.append(
+            "Token is empty. Copy it from the app's Receive Messages → Set API Receive page (接收消息 → 设置API接收)."
+        )
     key = str(bot.encoding_aes_key)
     if not key:
         problems.append("EncodingAESKey is empty. Copy it from the same page: 43 letters and digits.")
@@ -165,36 +166,50 @@ def _wecom_probe(bot: Bot) -> Probe:
     echo = f"switchboard-check-{secrets.token_hex(8)}"
     echostr = WXBizMsgCrypt(str(bot.encoding_aes_key), str(bot.app_id)).encrypt(echo)
     timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10**10))
-    query = urlencode({
-        "msg_signature": wx_signature(str(bot.token), timestamp, nonce, echostr),
-        "timestamp": timestamp, "nonce": nonce, "echostr": echostr,
-    })
+    query = urlencode(
+        {
+            "msg_signature": wx_signature(str(bot.token), timestamp, nonce, echostr),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "echostr": echostr,
+        }
+    )
 
     def judge(body: bytes) -> str:
         if body == echo.encode():
             return ""
-        return (f"The endpoint answered {body[:80]!r}, but WeCom accepts only the bare decrypted echostr "
-                f"({echo!r}): no quotes, JSON, HTML or newline. Something between WeCom and Switchboard "
-                "(a proxy, an error page) changes the answer.")
+        return (
+            f"The endpoint answered {body[:80]!r}, but WeCom accepts only the bare decrypted echostr "
+            f"({echo!r}): no quotes, JSON, HTML or newline. Something between WeCom and Switchboard "
+            "(a proxy, an error page) changes the answer."
+        )
 
     return Probe(
         description="a GET with msg_signature, timestamp, nonce and an encrypted echostr, as WeCom sends "
-                    "when you save the URL",
-        method="GET", query=query, body=b"", content_type="text/plain", headers={}, judge=judge,
+        "when you save the URL",
+        method="GET",
+        query=query,
+        body=b"",
+        content_type="text/plain",
+        headers={},
+        judge=judge,
     )
 
 
 def _feishu_problems(bot: Bot) -> list[str]:
     if not str(bot.token):
-        return ["Token is empty. For Feishu it holds the Verification Token, from Events & Callbacks → "
-                "Encryption Strategy."]
+        return [
+            "Token is empty. For Feishu it holds the Verification Token, from Events & Callbacks → Encryption Strategy."
+        ]
     return []
 
 
 def _feishu_notes(bot: Bot) -> list[str]:
     if not str(bot.encoding_aes_key):
-        return ["No Encrypt Key is stored, so Feishu sends events as plain JSON without a signature. Setting "
-                "one (Events & Callbacks → Encryption Strategy, then the bot's EncodingAESKey field) is safer."]
+        return [
+            "No Encrypt Key is stored, so Feishu sends events as plain JSON without a signature. Setting "
+            "one (Events & Callbacks → Encryption Strategy, then the bot's EncodingAESKey field) is safer."
+        ]
     return []
 
 
@@ -221,14 +236,20 @@ def _feishu_probe(bot: Bot) -> Probe:
             answered = None
         if isinstance(answered, dict) and answered.get("challenge") == challenge:
             return ""
-        return (f"The endpoint answered {body[:80]!r}, but Feishu expects the JSON {{\"challenge\": \"...\"}} "
-                "with the challenge it sent. Something between Feishu and Switchboard changes the answer.")
+        return (
+            f'The endpoint answered {body[:80]!r}, but Feishu expects the JSON {{"challenge": "..."}} '
+            "with the challenge it sent. Something between Feishu and Switchboard changes the answer."
+        )
 
     return Probe(
-        description="a POST with a url_verification challenge" + (
-            ", encrypted with the Encrypt Key and signed" if encrypt_key else " in plain JSON"
-        ) + ", as Feishu sends when you save the Request URL",
-        method="POST", query="", body=body, content_type="application/json; charset=utf-8", headers=headers,
+        description="a POST with a url_verification challenge"
+        + (", encrypted with the Encrypt Key and signed" if encrypt_key else " in plain JSON")
+        + ", as Feishu sends when you save the Request URL",
+        method="POST",
+        query="",
+        body=body,
+        content_type="application/json; charset=utf-8",
+        headers=headers,
         judge=judge,
     )
 
@@ -239,14 +260,14 @@ HANDSHAKE_CHECKS: dict[str, HandshakeCheck] = {
         settings_notes=lambda bot: [],
         build=_wecom_probe,
         credential_hint="Copy the Token and EncodingAESKey from WeCom again, and check that App ID is the "
-                        "CorpID of the company the app belongs to.",
+        "CorpID of the company the app belongs to.",
     ),
     Platform.FEISHU: HandshakeCheck(
         settings_problems=_feishu_problems,
         settings_notes=_feishu_notes,
         build=_feishu_probe,
         credential_hint="Copy the Verification Token (Token field) and the Encrypt Key (EncodingAESKey field) "
-                        "from Feishu's Events & Callbacks page again.",
+        "from Feishu's Events & Callbacks page again.",
     ),
 }
 
@@ -259,8 +280,10 @@ def _refusal(status: int, body: bytes, check: HandshakeCheck) -> str:
     if status in (401, 403) and reason == "bad signature":
         return f"The endpoint refused the signature or could not decrypt the request. {check.credential_hint}"
     if status == 401 and reason == "stale timestamp":
-        return ("The endpoint found the request's time too far from this server's clock: this server's clock "
-                "is wrong. Turn on time synchronisation (timedatectl set-ntp true).")
+        return (
+            "The endpoint found the request's time too far from this server's clock: this server's clock "
+            "is wrong. Turn on time synchronisation (timedatectl set-ntp true)."
+        )
     if status == 403:
         return f"The endpoint refused the request ({reason}): check the bot's source IP allowlist."
     if status == 400:
@@ -283,8 +306,13 @@ def _send(bot: Bot, probe: Probe, request: HttpRequest) -> tuple[int, bytes]:
     path = f"{bot.callback_path}?{probe.query}" if probe.query else bot.callback_path
     # A copy of the context: the inner request's audit context must not replace this one's.
     response = contextvars.copy_context().run(
-        client.generic, probe.method, path, probe.body, content_type=probe.content_type,
-        secure=request.is_secure(), headers={**probe.headers, "Host": request.get_host()},
+        client.generic,
+        probe.method,
+        path,
+        probe.body,
+        content_type=probe.content_type,
+        secure=request.is_secure(),
+        headers={**probe.headers, "Host": request.get_host()},
     )
     return response.status_code, response.content
 
@@ -301,8 +329,13 @@ def check_callback(bot: Bot, request: HttpRequest) -> CallbackCheck:
     if not bot.enabled:
         add(Finding("problem", "The bot is disabled: its callback URL answers 404 until you enable it."))
     if check is None:
-        add(Finding("info", f"There is no handshake check for {label} yet.",
-                    "Paste the callback URL into the platform and watch the delivery log for its messages."))
+        add(
+            Finding(
+                "info",
+                f"There is no handshake check for {label} yet.",
+                "Paste the callback URL into the platform and watch the delivery log for its messages.",
+            )
+        )
         return result
 
     problems = check.settings_problems(bot)
@@ -311,9 +344,14 @@ def check_callback(bot: Bot, request: HttpRequest) -> CallbackCheck:
     for note in check.settings_notes(bot):
         add(Finding("info", note))
     if bot.allowed_ips:
-        add(Finding("info", f"Only callbacks from {', '.join(bot.allowed_ips)} are accepted.",
-                    f"The check was sent as if from {_source_address(bot)}. If the platform calls from "
-                    "other addresses, add them to the allowlist or clear it."))
+        add(
+            Finding(
+                "info",
+                f"Only callbacks from {', '.join(bot.allowed_ips)} are accepted.",
+                f"The check was sent as if from {_source_address(bot)}. If the platform calls from "
+                "other addresses, add them to the allowlist or clear it.",
+            )
+        )
     if problems or not bot.enabled:
         add(Finding("info", "The handshake was not tried: fix the problems above, save, and check again."))
         return result
@@ -324,12 +362,20 @@ def check_callback(bot: Bot, request: HttpRequest) -> CallbackCheck:
     if wrong:
         add(Finding("problem", f"Sent {probe.description}: it failed.", wrong))
     else:
-        add(Finding("ok", f"Sent {probe.description}: answered the way {label} expects.",
-                    "Paste the callback URL into the platform's console; its own check should pass too."))
+        add(
+            Finding(
+                "ok",
+                f"Sent {probe.description}: answered the way {label} expects.",
+                "Paste the callback URL into the platform's console; its own check should pass too.",
+            )
+        )
     now = datetime.now(UTC)
-    add(Finding(
-        "info", f"This server's clock reads {now:%Y-%m-%d %H:%M:%S} UTC.",
-        f"Callbacks signed more than {settings.CALLBACK_TIMESTAMP_WINDOW} s away from it are refused. If real "
-        "callbacks are refused as stale, compare with a reliable clock and turn on time synchronisation.",
-    ))
+    add(
+        Finding(
+            "info",
+            f"This server's clock reads {now:%Y-%m-%d %H:%M:%S} UTC.",
+            f"Callbacks signed more than {settings.CALLBACK_TIMESTAMP_WINDOW} s away from it are refused. If real "
+            "callbacks are refused as stale, compare with a reliable clock and turn on time synchronisation.",
+        )
+    )
     return result

@@ -65,8 +65,8 @@ def _parse_ring(spec: str) -> tuple[Key, ...]:
         if len(raw) != 32:
             raise ImproperlyConfigured(
                 f"SWITCHBOARD_SECRET_KEYS entry {position + 1} is not a base64-encoded "
-                "32-byte key. Make one with: python3 -c \"import base64,os;"
-                "print(base64.b64encode(os.urandom(32)).decode())\""
+                '32-byte key. Make one with: python3 -c "import base64,os;'
+                'print(base64.b64encode(os.urandom(32)).decode())"'
             )
         keys.append(Key(_key_id(raw), AESGCM(raw)))
     if not keys:
@@ -103,9 +103,7 @@ def decrypt(stored: str, context: str) -> str:
     _, key_id, body = parts
     key = next((k for k in key_ring() if k.key_id == key_id), None)
     if key is None:
-        raise SecretDecryptionError(
-            f"{context}: encrypted with key {key_id}, which is not in SWITCHBOARD_SECRET_KEYS."
-        )
+        raise SecretDecryptionError(f"{context}: encrypted with key {key_id}, which is not in SWITCHBOARD_SECRET_KEYS.")
     try:
         blob = base64.b64decode(body, validate=True)
         plain = key.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], context.encode("utf-8"))

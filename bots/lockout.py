@@ -85,7 +85,10 @@ def record_failure(username: str, request: HttpRequest, step: str, user=None) ->
         logger.error("failed %s of %s not counted, the cache is unavailable: %s", step, username, exc)
         return None
     record_auth_event(
-        AuthEventKind.LOCKED_OUT, request, user=user, username=username,
+        AuthEventKind.LOCKED_OUT,
+        request,
+        user=user,
+        username=username,
         detail=(
             f"{failures} failed attempts within {settings.LOGIN_FAILURE_WINDOW // 60} min (last: {step}); "
             f"locked for {seconds // 60} min"

@@ -12,9 +12,7 @@ from config.clientip import client_ip
 
 logger = logging.getLogger("switchboard.security")
 
-ADMIN_IP_DENIED = Counter(
-    "switchboard_admin_ip_denied_total", "Console requests refused by the admin IP allowlist"
-)
+ADMIN_IP_DENIED = Counter("switchboard_admin_ip_denied_total", "Console requests refused by the admin IP allowlist")
 
 CONSOLE_PREFIX = "/admin/"
 
@@ -42,7 +40,8 @@ class AdminIPAllowlistMiddleware:
                 ADMIN_IP_DENIED.inc()
                 logger.warning(
                     "console refused: client %s is not in the admin allowlist (path %s)",
-                    address, request.path,
+                    address,
+                    request.path,
                 )
                 return HttpResponseForbidden(
                     f"The Switchboard console is not reachable from {address}. An administrator "

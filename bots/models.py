@@ -26,7 +26,9 @@ class Bot(models.Model):
     enabled = models.BooleanField(default=True)
 
     app_id = models.CharField(
-        "App ID", max_length=200, blank=True,
+        "App ID",
+        max_length=200,
+        blank=True,
         help_text="AppID / CorpID / AppKey / client id, as the platform calls it.",
     )
     app_secret = EncryptedTextField(help_text="AppSecret / CorpSecret / signing secret.")
@@ -35,25 +37,28 @@ class Bot(models.Model):
         "EncodingAESKey", help_text="EncodingAESKey (WeCom, WeChat) or Encrypt Key (Feishu)."
     )
     api_base_url = models.URLField(
-        "API base URL", blank=True,
+        "API base URL",
+        blank=True,
         help_text="Override the platform's API host (e.g. https://open.larksuite.com for Lark).",
     )
     extra = models.JSONField(default=dict, blank=True, help_text="Platform-specific settings.")
     allowed_ips = models.JSONField(
-        "source IP allowlist", default=list, blank=True, validators=[validate_cidr_list],
+        "source IP allowlist",
+        default=list,
+        blank=True,
+        validators=[validate_cidr_list],
         help_text="CIDRs the platform calls from; empty allows any source.",
     )
-    rate_limit_qps = models.FloatField(
-        "rate limit (messages/s)", default=10.0, validators=[MinValueValidator(0.1)]
-    )
+    rate_limit_qps = models.FloatField("rate limit (messages/s)", default=10.0, validators=[MinValueValidator(0.1)])
     system_prompt = models.TextField(blank=True)
     default_backend = models.ForeignKey(
-        "routing.ModelBackend", null=True, blank=True, on_delete=models.PROTECT,
+        "routing.ModelBackend",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="default_for_bots",
     )
-    context_ttl = models.PositiveIntegerField(
-        "context TTL (s)", default=1800, validators=[MinValueValidator(1)]
-    )
+    context_ttl = models.PositiveIntegerField("context TTL (s)", default=1800, validators=[MinValueValidator(1)])
     max_context_turns = models.PositiveIntegerField(default=10, validators=[MinValueValidator(0)])
     require_mention_in_groups = models.BooleanField(
         default=True, help_text="In group chats, answer only when the bot is @mentioned."
@@ -118,11 +123,18 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
     marked_expired_at = models.DateTimeField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="when the daily check found this key expired (and logged it, once)",
     )
     replaced_by = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False,
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
         help_text="the key that took over when this one was rotated",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -174,7 +186,9 @@ class ApiKey(models.Model):
         """Issue the successor of this key; this one keeps working for `grace`, so
         clients can switch over without an outage."""
         new, key = ApiKey.issue(
-            name=self.name, scopes=list(self.scopes), allowed_cidrs=list(self.allowed_cidrs),
+            name=self.name,
+            scopes=list(self.scopes),
+            allowed_cidrs=list(self.allowed_cidrs),
         )
         self.expires_at = min(self.expires_at, timezone.now() + grace)
         self.replaced_by = new
@@ -189,9 +203,7 @@ class ApiKey(models.Model):
         if not isinstance(self.scopes, list) or not self.scopes:
             # Every endpoint needs a scope: a key without one would be "active" yet refused
             # on every call. No default scope either: what a key may do is chosen, not assumed.
-            raise ValidationError(
-                {"scopes": "Choose at least one scope: a key without one is refused on every call."}
-            )
+            raise ValidationError({"scopes": "Choose at least one scope: a key without one is refused on every call."})
         unknown = [s for s in self.scopes if s not in ApiKeyScope.values]
         if unknown:
             raise ValidationError({"scopes": f"unknown scopes: {', '.join(map(str, unknown))}."})

@@ -114,8 +114,7 @@ class StepUpAdminMixin:
         if obj is None:
             return False
         return any(
-            request.POST.get(name, "") not in ("", str(getattr(obj, name)))
-            for name in _secret_fields(self.model)
+            request.POST.get(name, "") not in ("", str(getattr(obj, name))) for name in _secret_fields(self.model)
         )
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -163,8 +162,7 @@ def _guarded_action(func: Callable, description: str) -> Callable:
     @wraps(func)
     def guarded(modeladmin, request, queryset):
         if not is_fresh(request):
-            return redirect_to_step_up(request, description[:1].lower() + description[1:],
-                                       back=request.get_full_path())
+            return redirect_to_step_up(request, description[:1].lower() + description[1:], back=request.get_full_path())
         return func(modeladmin, request, queryset)
 
     return guarded

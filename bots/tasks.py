@@ -38,13 +38,21 @@ def check_api_key_expiry() -> dict[str, int]:
     now = timezone.now()
     expiring = list(keys_expiring_soon(now))
     for key in expiring:
-        logger.warning("API key %s (%s…) expires at %s UTC; rotate it in the console before then",
-                       key.name, key.prefix, f"{key.expires_at:%Y-%m-%d %H:%M}")
+        logger.warning(
+            "API key %s (%s…) expires at %s UTC; rotate it in the console before then",
+            key.name,
+            key.prefix,
+            f"{key.expires_at:%Y-%m-%d %H:%M}",
+        )
     newly_expired = list(ApiKey.objects.filter(revoked=False, expires_at__lte=now, marked_expired_at__isnull=True))
     for key in newly_expired:
         key.marked_expired_at = now
         # save(), not update(): the audit trail should show when a key was found expired.
         key.save(update_fields=["marked_expired_at"])
-        logger.warning("API key %s (%s…) expired at %s UTC; requests with it are refused",
-                       key.name, key.prefix, f"{key.expires_at:%Y-%m-%d %H:%M}")
+        logger.warning(
+            "API key %s (%s…) expired at %s UTC; requests with it are refused",
+            key.name,
+            key.prefix,
+            f"{key.expires_at:%Y-%m-%d %H:%M}",
+        )
     return {"expiring": len(expiring), "expired": len(newly_expired)}

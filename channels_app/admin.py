@@ -22,8 +22,7 @@ def _enqueue(message_id: int) -> None:
     try:
         handle_message.delay(message_id)
     except Exception as exc:  # broker down: the row is "received", so the sweeper queues it later
-        logger.error("message %s put back in the outbox but not queued (%s); the sweeper will retry",
-                     message_id, exc)
+        logger.error("message %s put back in the outbox but not queued (%s); the sweeper will retry", message_id, exc)
 
 
 def _audit(row: InboundMessage, action: str, before: dict[str, object]) -> None:
@@ -31,7 +30,10 @@ def _audit(row: InboundMessage, action: str, before: dict[str, object]) -> None:
     come from the request's audit context)."""
     changes = {name: [str(old), str(getattr(row, name))] for name, old in before.items()}
     LogEntry.objects.log_create(
-        row, force_log=True, action=LogEntry.Action.UPDATE, changes=changes,
+        row,
+        force_log=True,
+        action=LogEntry.Action.UPDATE,
+        changes=changes,
         additional_data={"console_action": action},
     )
 
@@ -53,7 +55,15 @@ class InboundMessageAdmin(admin.ModelAdmin):
     put a message back into the outbox."""
 
     list_display = [
-        "received_at", "bot", "platform", "short_text", "status", "attempts", "timings", "backend", "route",
+        "received_at",
+        "bot",
+        "platform",
+        "short_text",
+        "status",
+        "attempts",
+        "timings",
+        "backend",
+        "route",
         "short_error",
     ]
     list_filter = ["status", PlatformFilter, "bot", "received_at", "chat_type"]
@@ -62,12 +72,52 @@ class InboundMessageAdmin(admin.ModelAdmin):
     list_select_related = ["bot", "backend"]
     actions = ["replay_messages", "resend_replies"]
     fieldsets = [
-        ("Message", {"fields": ["bot", "platform", "platform_message_id", "chat_type", "chat_id", "sender_id",
-                                "mentioned", "text"]}),
-        ("Outcome", {"fields": ["status", "attempts", "error", "route", "backend", "reply_text", "parts_sent",
-                                "part_in_flight", "possible_duplicates"]}),
-        ("Timings", {"fields": ["received_at", "acked_ms", "started_at", "lease_until", "model_ms", "send_ms",
-                                "replied_at", "end_to_end"]}),
+        (
+            "Message",
+            {
+                "fields": [
+                    "bot",
+                    "platform",
+                    "platform_message_id",
+                    "chat_type",
+                    "chat_id",
+                    "sender_id",
+                    "mentioned",
+                    "text",
+                ]
+            },
+        ),
+        (
+            "Outcome",
+            {
+                "fields": [
+                    "status",
+                    "attempts",
+                    "error",
+                    "route",
+                    "backend",
+                    "reply_text",
+                    "parts_sent",
+                    "part_in_flight",
+                    "possible_duplicates",
+                ]
+            },
+        ),
+        (
+            "Timings",
+            {
+                "fields": [
+                    "received_at",
+                    "acked_ms",
+                    "started_at",
+                    "lease_until",
+                    "model_ms",
+                    "send_ms",
+                    "replied_at",
+                    "end_to_end",
+                ]
+            },
+        ),
         ("As received", {"fields": ["raw_pretty"], "classes": ["collapse"]}),
     ]
 
@@ -98,8 +148,11 @@ class InboundMessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="timings (ms)")
     def timings(self, obj: InboundMessage) -> str:
-        parts = [(label, value) for label, value in
-                 (("ack", obj.acked_ms), ("model", obj.model_ms), ("send", obj.send_ms)) if value is not None]
+        parts = [
+            (label, value)
+            for label, value in (("ack", obj.acked_ms), ("model", obj.model_ms), ("send", obj.send_ms))
+            if value is not None
+        ]
         return " · ".join(f"{label} {value:.0f}" for label, value in parts) or "—"
 
     @admin.display(description="end to end (ms)")
@@ -112,8 +165,9 @@ class InboundMessageAdmin(admin.ModelAdmin):
     def raw_pretty(self, obj: InboundMessage) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.raw, indent=2, ensure_ascii=False))
 
-    def _requeue(self, request: HttpRequest, queryset, action: str, allowed: list[str], reset: dict,
-                 want_reply: bool) -> None:
+    def _requeue(
+        self, request: HttpRequest, queryset, action: str, allowed: list[str], reset: dict, want_reply: bool
+    ) -> None:
         done, skipped = 0, []
         for row in queryset.select_related("bot"):
             if row.status not in allowed:
@@ -133,18 +187,31 @@ class InboundMessageAdmin(admin.ModelAdmin):
         if done:
             messages.success(request, f"{verb} {done} message{'s' if done != 1 else ''}: queued for the worker.")
         if skipped:
-            rule = ("only failed messages can be replayed" if action == "replay"
-                    else "only failed or replied messages that have a reply can be re-sent")
+            rule = (
+                "only failed messages can be replayed"
+                if action == "replay"
+                else "only failed or replied messages that have a reply can be re-sent"
+            )
             messages.warning(request, f"Skipped {', '.join(skipped)}: {rule}.")
 
-    @admin.action(description="Replay selected failed messages (ask the model again and send)",
-                  permissions=["requeue"])
+    @admin.action(description="Replay selected failed messages (ask the model again and send)", permissions=["requeue"])
     def replay_messages(self, request: HttpRequest, queryset) -> None:
-        self._requeue(request, queryset, "replay", [MessageStatus.FAILED],
-                      {"error": "", "reply_text": "", "parts_sent": 0}, want_reply=False)
+        self._requeue(
+            request,
+            queryset,
+            "replay",
+            [MessageStatus.FAILED],
+            {"error": "", "reply_text": "", "parts_sent": 0},
+            want_reply=False,
+        )
 
-    @admin.action(description="Re-send the reply of selected messages (same text, sent again)",
-                  permissions=["requeue"])
+    @admin.action(description="Re-send the reply of selected messages (same text, sent again)", permissions=["requeue"])
     def resend_replies(self, request: HttpRequest, queryset) -> None:
-        self._requeue(request, queryset, "resend", [MessageStatus.FAILED, MessageStatus.REPLIED],
-                      {"error": "", "parts_sent": 0}, want_reply=True)
+        self._requeue(
+            request,
+            queryset,
+            "resend",
+            [MessageStatus.FAILED, MessageStatus.REPLIED],
+            {"error": "", "parts_sent": 0},
+            want_reply=True,
+        )

@@ -69,8 +69,10 @@ def _forget_connection() -> None:
 def can_claim_nonces() -> bool:
     """Whether publish() can take a replay-check claim along: the broker is the Redis
     transport of config/broker.py, on the same Redis database as the nonce cache."""
-    return (settings.CELERY_BROKER_TRANSPORT == "config.broker:Transport"
-            and settings.CELERY_BROKER_URL == settings.CACHES["default"]["LOCATION"])
+    return (
+        settings.CELERY_BROKER_TRANSPORT == "config.broker:Transport"
+        and settings.CELERY_BROKER_URL == settings.CACHES["default"]["LOCATION"]
+    )
 
 
 def publish(task, args: tuple, along: tuple | None = None) -> Any:
@@ -80,8 +82,14 @@ def publish(task, args: tuple, along: tuple | None = None) -> Any:
     queued either way. Raises what the broker raises (the caller leaves the message to
     the sweeper)."""
     message = app.amqp.as_task_v2(
-        uuid(), task.name, args, {}, argsrepr=repr(args), kwargsrepr="{}",
-        ignore_result=task.ignore_result, reply_to=app.thread_oid,
+        uuid(),
+        task.name,
+        args,
+        {},
+        argsrepr=repr(args),
+        kwargsrepr="{}",
+        ignore_result=task.ignore_result,
+        reply_to=app.thread_oid,
     )
     properties = {**message.properties, "delivery_mode": 2}  # persistent, as Celery's default
     with _lock:  # a kombu channel is not for two threads at once (gthread workers)

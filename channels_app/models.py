@@ -29,9 +29,7 @@ class InboundMessage(models.Model):
     mentioned = models.BooleanField(default=False)
     raw = models.JSONField(default=dict, blank=True)
 
-    status = models.CharField(
-        max_length=20, choices=MessageStatus.choices, default=MessageStatus.RECEIVED
-    )
+    status = models.CharField(max_length=20, choices=MessageStatus.choices, default=MessageStatus.RECEIVED)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     reply_text = models.TextField(blank=True)
@@ -61,11 +59,7 @@ class InboundMessage(models.Model):
     send_ms = models.FloatField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["bot", "platform_message_id"], name="inbound_unique_per_bot"
-            )
-        ]
+        constraints = [models.UniqueConstraint(fields=["bot", "platform_message_id"], name="inbound_unique_per_bot")]
         indexes = [models.Index(fields=["status", "received_at"], name="inbound_status_age")]
         ordering = ["-received_at"]
 

@@ -46,17 +46,19 @@ from routing.engine import NoBackend
 
 logger = logging.getLogger("switchboard.dialog")
 
-MESSAGES_DONE = Counter(
-    "switchboard_messages_total", "Messages by final status", ["platform", "bot", "status"]
-)
+MESSAGES_DONE = Counter("switchboard_messages_total", "Messages by final status", ["platform", "bot", "status"])
 SEND_RETRIES = Counter("switchboard_send_retries_total", "Reply sends retried", ["platform"])
 SWEPT = Counter("switchboard_outbox_requeued_total", "Outbox rows re-queued by the sweeper", ["status"])
 END_TO_END = Histogram(
-    "switchboard_end_to_end_seconds", "From the callback's arrival to the last reply part sent", ["platform"],
+    "switchboard_end_to_end_seconds",
+    "From the callback's arrival to the last reply part sent",
+    ["platform"],
     buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 MODEL_SECONDS = Histogram(
-    "switchboard_model_seconds", "Time the model backend took to answer, retries included", ["backend"],
+    "switchboard_model_seconds",
+    "Time the model backend took to answer, retries included",
+    ["backend"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
 )
 DEFERRED = Counter(
@@ -93,6 +95,7 @@ SLOT_LATE_TOLERANCE = 0.05
 # schedule names it).
 SWEEP_TASK_NAME = "routing.tasks.sweep_outbox"
 
+
 def _taken_over(row: InboundMessage) -> str:
     # Our lease lapsed (the database was out of reach longer than OUTBOX_STUCK_AFTER)
     # and another task holds the row now: it finishes the message, this one must not.
@@ -127,7 +130,7 @@ def _defer_to_slot(row: InboundMessage, wait: float, unsaved: tuple[str, ...] = 
         return None
     try:
         handle_message.apply_async((row.pk,), {"slot_at": slot.isoformat()}, countdown=wait)
-    except Exception as exc:  # noqa: BLE001 (the broker's errors vary by transport)
+    except Exception as exc:  # the broker's errors vary by transport
         logger.warning("message %s could not be deferred to its send slot (%s); waiting for it here", row.pk, exc)
         outbox.resume(row)
         return False
@@ -156,12 +159,23 @@ def _note_resend(row: InboundMessage, adapter, index: int, parts: int) -> bool:
     platform = row.bot.platform
     if adapter.drops_repeated_sends:
         RESENT.labels(platform, "dropped_by_platform").inc()
-        logger.info("message %s: part %d of %d sent again after a lost send; %s drops the repeat",
-                    row.pk, index + 1, parts, platform)
+        logger.info(
+            "message %s: part %d of %d sent again after a lost send; %s drops the repeat",
+            row.pk,
+            index + 1,
+            parts,
+            platform,
+        )
         return False
     RESENT.labels(platform, "possible_duplicate").inc()
-    logger.warning("message %s: part %d of %d sent again after a lost send; %s cannot drop a repeat, "
-                   "so the user may see this part twice", row.pk, index + 1, parts, platform)
+    logger.warning(
+        "message %s: part %d of %d sent again after a lost send; %s cannot drop a repeat, "
+        "so the user may see this part twice",
+        row.pk,
+        index + 1,
+        parts,
+        platform,
+    )
     return True
 
 
@@ -182,8 +196,9 @@ def _ask_model(row: InboundMessage, bot, rules, context: ContextStore) -> bool:
     return True
 
 
-def _send_parts(row: InboundMessage, adapter, parts: list[str], held_slot: datetime | None,
-                unsaved: tuple[str, ...]) -> str | None:
+def _send_parts(
+    row: InboundMessage, adapter, parts: list[str], held_slot: datetime | None, unsaved: tuple[str, ...]
+) -> str | None:
     """Send the parts not sent yet, each marked in flight on the row first. None once
     all are sent; otherwise what the task returns ("deferred", "taken over")."""
     bot = row.bot
@@ -212,7 +227,10 @@ def _send_parts(row: InboundMessage, adapter, parts: list[str], held_slot: datet
         unsaved = ()
         adapter.send(
             OutboundReply(
-                chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=parts[index],
+                chat_id=row.chat_id,
+                chat_type=row.chat_type,
+                sender_id=row.sender_id,
+                text=parts[index],
                 reply_context=reply_context,
                 idempotency_key=f"{key_prefix}{index}{key_suffix}",
                 part=index + 1,
@@ -226,8 +244,9 @@ def _send_parts(row: InboundMessage, adapter, parts: list[str], held_slot: datet
     return None
 
 
-@shared_task(name=lease.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3,
-             ignore_result=True)
+@shared_task(
+    name=lease.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=3, ignore_result=True
+)
 def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at: str | None = None) -> str:
     bind_log_context(message_id=message_id)
     held_slot = datetime.fromisoformat(slot_at) if slot_at else None
@@ -265,11 +284,14 @@ def handle_message(self, message_id: int, acked_ms: float | None = None, slot_at
             _finish(row, MessageStatus.FAILED, f"send: {exc}", also=ANSWER_FIELDS)
             return "failed"
         SEND_RETRIES.labels(bot.platform).inc()
-        outbox.release_for_retry(row, f"send attempt {self.request.retries + 1}: {exc}",
-                           outcome_unknown=isinstance(exc.__cause__, OUTCOME_UNKNOWN))
+        outbox.release_for_retry(
+            row,
+            f"send attempt {self.request.retries + 1}: {exc}",
+            outcome_unknown=isinstance(exc.__cause__, OUTCOME_UNKNOWN),
+        )
         retry_after = getattr(exc, "retry_after", None)
         # Without slot_at: the row is "received" again, and the retry reserves its own slot.
-        raise self.retry(countdown=retry_after or 2 ** self.request.retries, kwargs={}) from None
+        raise self.retry(countdown=retry_after or 2**self.request.retries, kwargs={}) from None
     if stopped is not None:
         return stopped
     row.send_ms = (time.perf_counter() - started) * 1000
@@ -287,8 +309,7 @@ def sweep_outbox() -> dict[str, int]:
     finished rows past retention."""
     now = timezone.now()
     counts = {}
-    for label, ids in (("received", outbox.lost_from_queue(now, queue_depth())),
-                       ("processing", outbox.lapsed(now))):
+    for label, ids in (("received", outbox.lost_from_queue(now, queue_depth())), ("processing", outbox.lapsed(now))):
         for message_id in ids:
             handle_message.delay(message_id)
         SWEPT.labels(label).inc(len(ids))

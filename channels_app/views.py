@@ -28,16 +28,17 @@ from config.clientip import client_ip
 
 logger = logging.getLogger("switchboard.callbacks")
 
-CALLBACKS = Counter(
-    "switchboard_callbacks_total", "Platform callbacks by outcome", ["platform", "outcome"]
-)
+CALLBACKS = Counter("switchboard_callbacks_total", "Platform callbacks by outcome", ["platform", "outcome"])
 ACK_SECONDS = Histogram(
-    "switchboard_callback_ack_seconds", "Time to answer a platform callback", ["platform"],
+    "switchboard_callback_ack_seconds",
+    "Time to answer a platform callback",
+    ["platform"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 REPLY_IN_RESPONSE_SECONDS = Histogram(
     "switchboard_callback_reply_in_response_seconds",
-    "Time to answer a callback that carries the reply itself (it waits for the model)", ["platform"],
+    "Time to answer a callback that carries the reply itself (it waits for the model)",
+    ["platform"],
     buckets=(0.05, 0.25, 0.5, 1, 2, 3, 4, 4.5, 5, 6),
 )
 ENQUEUE_FAILED = Counter(
@@ -88,8 +89,14 @@ def _enqueue(message_id: int, acked_ms: float, adapter: Adapter | None = None) -
 def _database_unavailable(platform: str, exc: DatabaseError) -> HttpResponse:
     # Nothing was recorded (a lone INSERT commits whole or not at all): 503 makes the
     # platform deliver the message again, and its retry is not refused as a replay.
-    return _refuse(platform, 503, "database_unavailable",
-                   "callback on %s not recorded, the database is unavailable: %s", platform[:20], exc)
+    return _refuse(
+        platform,
+        503,
+        "database_unavailable",
+        "callback on %s not recorded, the database is unavailable: %s",
+        platform[:20],
+        exc,
+    )
 
 
 def _record(bot: Bot, message: ParsedMessage, started: float, adapter: Adapter) -> bool:
@@ -142,16 +149,28 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
     except DatabaseError as exc:
         return _database_unavailable(platform, exc)
     if bot is None:
-        return _refuse(platform if adapter_class else "unknown", 404, "unknown_bot",
-                       "callback for unknown or disabled bot %s on %s", bot_uuid, platform[:20])
+        return _refuse(
+            platform if adapter_class else "unknown",
+            404,
+            "unknown_bot",
+            "callback for unknown or disabled bot %s on %s",
+            bot_uuid,
+            platform[:20],
+        )
     if request.method not in ("GET", "POST"):
         return _refuse(platform, 405, "method_not_allowed", "callback %s with method %s", bot.name, request.method)
 
     if bot.allowed_ips:
         address = client_ip(request)
         if address is None or not ip_in_cidrs(address, bot.allowed_ips):
-            return _refuse(platform, 403, "ip_not_allowed",
-                           "callback for %s refused: source %s is not in the bot's allowlist", bot.name, address)
+            return _refuse(
+                platform,
+                403,
+                "ip_not_allowed",
+                "callback for %s refused: source %s is not in the bot's allowlist",
+                bot.name,
+                address,
+            )
 
     length = request.META.get("CONTENT_LENGTH") or "0"
     if not length.isdigit() or int(length) > settings.CALLBACK_MAX_BODY_BYTES:
@@ -194,8 +213,9 @@ def callback(request: HttpRequest, platform: str, bot_uuid: uuid.UUID) -> HttpRe
         if adapter.claimed_nonce:
             replay.release(adapter.claimed_nonce)
         if isinstance(exc, CallbackError):
-            return _refuse(platform, exc.status, exc.reason, "callback for %s refused (%s): %s",
-                           bot.name, exc.reason, exc.detail)
+            return _refuse(
+                platform, exc.status, exc.reason, "callback for %s refused (%s): %s", bot.name, exc.reason, exc.detail
+            )
         if isinstance(exc, DatabaseError):
             return _database_unavailable(platform, exc)
         raise

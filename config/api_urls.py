@@ -13,8 +13,12 @@ from routing.api import ChatView
 def unknown_endpoint(request: HttpRequest, rest: str) -> JsonResponse:
     # A client with a typo in the path gets the API's JSON error, not the HTML 404 page.
     return JsonResponse(
-        {"error": {"code": "not_found", "message": f"no endpoint /api/v1/{rest}; the endpoints are listed at "
-                                                   "/api/v1/schema/"}},
+        {
+            "error": {
+                "code": "not_found",
+                "message": f"no endpoint /api/v1/{rest}; the endpoints are listed at /api/v1/schema/",
+            }
+        },
         status=404,
     )
 
@@ -23,7 +27,6 @@ urlpatterns = [
     path("chat", ChatView.as_view(), name="api-chat"),
     path("audit/export", AuditExportView.as_view(), name="api-audit-export"),
     # Public, like any API description: it shows the shapes, never data.
-    path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
-         name="api-schema"),
+    path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="api-schema"),
     re_path(r"^(?P<rest>.*)$", unknown_endpoint),
 ]

@@ -164,8 +164,10 @@ def _database(options: Options) -> str:
     where = connection.settings_dict["NAME"]
     if connection.vendor == "postgresql":
         where = f"{connection.settings_dict['HOST'] or 'localhost'}/{where}"
-    note = "" if connection.vendor != "sqlite" or not settings.PRODUCTION else (
-        " (SQLite: one machine only; DATABASE_URL=postgres://… to scale out)"
+    note = (
+        ""
+        if connection.vendor != "sqlite" or not settings.PRODUCTION
+        else (" (SQLite: one machine only; DATABASE_URL=postgres://… to scale out)")
     )
     return f"{connection.vendor} {where} answers ({elapsed:.1f} ms){note}"
 
@@ -190,9 +192,11 @@ def _capacity(options: Options) -> str:
     if connection.vendor != "postgresql":
         raise Skipped(f"{connection.vendor}: no connection limit to check")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('max_connections')::int, "
-                       "current_setting('superuser_reserved_connections')::int, count(*) FROM pg_stat_activity "
-                       "WHERE backend_type = 'client backend'")
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int, "
+            "current_setting('superuser_reserved_connections')::int, count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend'"
+        )
         limit, reserved, used = cursor.fetchone()
     usable, pool = limit - reserved, settings.CELERY_WORKER_CONCURRENCY
     workers, threads = settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS
@@ -268,7 +272,8 @@ def _worker(options: Options) -> str:
         note = (
             f"; {len(shared)} name(s) answer more than once ({', '.join(shared)}): give every installation on this "
             "broker its own CELERY_TASK_DEFAULT_QUEUE, which names its worker <queue>@<host>"
-            if shared else ""
+            if shared
+            else ""
         )
         return f"{len(consuming)} worker(s) consume queue {queue!r}: {', '.join(consuming)}{note}"
     others = sorted({q.get("name") for _, queues in answers for q in queues})
@@ -296,9 +301,7 @@ def _beat(options: Options) -> str:
     limit = 2 * expected + 30
     last = beat_last_seen()
     if last is None:
-        raise Failed(
-            "Celery beat never ran against this Redis: stuck messages are not re-queued", service_fix("beat")
-        )
+        raise Failed("Celery beat never ran against this Redis: stuck messages are not re-queued", service_fix("beat"))
     age = time.time() - last
     if age > limit:
         raise Failed(
@@ -566,6 +569,4 @@ _FIXES = {
 
 
 def as_json(results: list[Result]) -> str:
-    return json.dumps(
-        {"ok": all(r.status != FAIL for r in results), "checks": [asdict(r) for r in results]}, indent=2
-    )
+    return json.dumps({"ok": all(r.status != FAIL for r in results), "checks": [asdict(r) for r in results]}, indent=2)

@@ -87,9 +87,7 @@ def secret_or_generated(name: str, var_dir: Path, production: bool, generate) ->
     if value:
         return value
     if production:
-        raise ImproperlyConfigured(
-            f"{name} is not set. SWITCHBOARD_ENV=production requires it (or {name}_FILE)."
-        )
+        raise ImproperlyConfigured(f"{name} is not set. SWITCHBOARD_ENV=production requires it (or {name}_FILE).")
     path = var_dir / name.lower()
     if path.exists():
         return path.read_text().strip()

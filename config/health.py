@@ -42,8 +42,11 @@ def _worker_line() -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     if workers:
         return {"ok": True, "workers": len(workers)}
-    return {"ok": False, "error": f"no Celery worker heartbeat in the last {WORKER_TTL} s: messages are "
-                                  "recorded but nobody answers them; start a worker"}
+    return {
+        "ok": False,
+        "error": f"no Celery worker heartbeat in the last {WORKER_TTL} s: messages are "
+        "recorded but nobody answers them; start a worker",
+    }
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

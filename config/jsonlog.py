@@ -107,7 +107,10 @@ class RequestContextMiddleware:
             response = self.get_response(request)
             response["X-Request-ID"] = request_id
             access_logger.info(
-                "%s %s %s", request.method, request.path, response.status_code,
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
                 extra={
                     "method": request.method,
                     "path": request.path,

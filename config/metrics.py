@@ -60,7 +60,8 @@ def _outbox() -> Collected:
     for status, count in counts:
         stuck[status] = count
     family = GaugeMetricFamily(
-        "switchboard_outbox_stuck", "Messages waiting past OUTBOX_RECEIVED_AFTER, or processing with a lapsed lease",
+        "switchboard_outbox_stuck",
+        "Messages waiting past OUTBOX_RECEIVED_AFTER, or processing with a lapsed lease",
         labels=["status"],
     )
     for status, count in stuck.items():
@@ -88,7 +89,8 @@ def _certificate() -> Collected:
         return
     certificate = x509.load_pem_x509_certificate(Path(settings.TLS_CERTIFICATE_PATH).read_bytes())
     yield GaugeMetricFamily(
-        "switchboard_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate nginx serves expires",
+        "switchboard_tls_certificate_expiry_timestamp_seconds",
+        "When the TLS certificate nginx serves expires",
         value=certificate.not_valid_after_utc.timestamp(),
     )
 
@@ -127,7 +129,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not _allowed(request):
         return HttpResponse(
             "Forbidden: /metrics answers METRICS_ALLOWED_CIDRS or a bearer token (METRICS_TOKEN).\n",
-            status=403, content_type="text/plain; charset=utf-8",
+            status=403,
+            content_type="text/plain; charset=utf-8",
         )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counted = CollectorRegistry()

@@ -30,9 +30,7 @@ VAR_DIR = Path(env_str("SWITCHBOARD_VAR_DIR", str(BASE_DIR / "var")))
 
 SWITCHBOARD_ENV = env_str("SWITCHBOARD_ENV", "development")
 if SWITCHBOARD_ENV not in {"development", "production"}:
-    raise ImproperlyConfigured(
-        f"SWITCHBOARD_ENV={SWITCHBOARD_ENV!r}; use development or production."
-    )
+    raise ImproperlyConfigured(f"SWITCHBOARD_ENV={SWITCHBOARD_ENV!r}; use development or production.")
 PRODUCTION = SWITCHBOARD_ENV == "production"
 
 DEBUG = env_bool("DEBUG", False)
@@ -52,7 +50,7 @@ for _position, _item in enumerate(SWITCHBOARD_SECRET_KEYS.split(","), start=1):
     if _item.strip() and _key_bytes != 32:
         raise ImproperlyConfigured(
             f"SWITCHBOARD_SECRET_KEYS entry {_position} is not a base64-encoded 32-byte key. Make one with: "
-            "python3 -c \"import base64,os; print(base64.b64encode(os.urandom(32)).decode())\""
+            'python3 -c "import base64,os; print(base64.b64encode(os.urandom(32)).decode())"'
         )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1]")
@@ -188,8 +186,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A task holds its worker process for the whole model call (seconds, not milliseconds),
 # so the pool is sized for waiting, not for the cores: Celery's default (one process per
 # core) answered two conversations at a time on a two-core machine.
-CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", min(max(8, 2 * (os.cpu_count() or 1)), 32),
-                                    minimum=1)
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", min(max(8, 2 * (os.cpu_count() or 1)), 32), minimum=1)
 # Celery's Django fix-up closes the database connection around every task, so each
 # message paid for a new PostgreSQL connection. Django's own rules decide instead
 # (config/celery.py): kept for CONN_MAX_AGE, dropped after an error.
@@ -256,7 +253,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Switchboard API",
     "DESCRIPTION": "Call a bot's dialog engine and export the audit log. Authenticate with "
-                   "`Authorization: Api-Key <key>`; see docs/api.md.",
+    "`Authorization: Api-Key <key>`; see docs/api.md.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
@@ -300,13 +297,17 @@ if LOG_DIR and not Path(LOG_DIR).is_dir():
 _log_handlers = {}
 if LOG_STDOUT:
     _log_handlers["console"] = {
-        "class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": LOG_FORMAT,
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+        "formatter": LOG_FORMAT,
         "filters": ["redact_credentials"],
     }
 if LOG_DIR:
     _log_handlers["file"] = {
-        "class": "logging.handlers.WatchedFileHandler", "filename": str(Path(LOG_DIR) / "switchboard.log"),
-        "formatter": "json", "filters": ["redact_credentials"],
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": str(Path(LOG_DIR) / "switchboard.log"),
+        "formatter": "json",
+        "filters": ["redact_credentials"],
     }
 LOGGING = {
     "version": 1,

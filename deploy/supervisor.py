@@ -181,8 +181,14 @@ class Supervisor:
         service.starts = [t for t in service.starts if t > time.monotonic() - INTERVAL] + [time.monotonic()]
         service.restart_at = None
         process = subprocess.Popen(
-            service.argv, env=service.env, cwd=service.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, **self._identity(service),
+            service.argv,
+            env=service.env,
+            cwd=service.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **self._identity(service),
         )
         service.process = process
         threading.Thread(target=self._pump, args=(service, process), daemon=True).start()
@@ -204,9 +210,7 @@ class Supervisor:
         self._write_state()
 
     def _write_state(self) -> None:
-        state = {
-            s.name: {"pid": s.process.pid if s.process else None, "given_up": s.given_up} for s in self.services
-        }
+        state = {s.name: {"pid": s.process.pid if s.process else None, "given_up": s.given_up} for s in self.services}
         tmp = self.run_dir / "supervisor.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self.run_dir / "supervisor.json")
@@ -278,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True, help="where the pid and state files go")
     parser.add_argument("--log-dir", type=Path, help="where each service's output goes (default: stdout)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s", stream=sys.stdout
+    )
     args.run_dir.mkdir(parents=True, exist_ok=True)
     running = _pid(args.run_dir)
 
@@ -317,12 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "start":
         # Again, in the background, in a session of its own so it outlives this shell.
-        out = os.open(args.log_dir / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) \
-            if args.log_dir else subprocess.DEVNULL
+        out = (
+            os.open(args.log_dir / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if args.log_dir
+            else subprocess.DEVNULL
+        )
         child = subprocess.Popen(
             [sys.executable, __file__, "run", "--units", str(args.units), "--run-dir", str(args.run_dir)]
             + (["--log-dir", str(args.log_dir)] if args.log_dir else []),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         if args.log_dir:
             os.close(out)

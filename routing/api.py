@@ -44,9 +44,10 @@ class ChatRequest(serializers.Serializer):
     text = serializers.CharField(max_length=TEXT_MAX_LENGTH, help_text="what the user said")
     user = serializers.CharField(max_length=ID_MAX_LENGTH, help_text="your id for the user (the context is per user)")
     conversation = serializers.CharField(
-        max_length=ID_MAX_LENGTH, required=False,
+        max_length=ID_MAX_LENGTH,
+        required=False,
         help_text="your id for the conversation; turns with the same bot, user and conversation share context. "
-                  "Default: one conversation per user.",
+        "Default: one conversation per user.",
     )
     chat_type = serializers.ChoiceField(
         choices=ChatType.choices, default=ChatType.P2P, help_text="for routing rules that match on chat type"
@@ -117,9 +118,11 @@ class ChatView(ApiView):
         request=ChatRequest,
         responses={
             200: OpenApiResponse(ChatResponse, description="the answer, and how it was reached"),
-            400: _error("invalid_request (with `fields`) or parse_error: the body is not what this endpoint takes "
-                        "(not JSON in UTF-8, nested deeper than 64 levels, or holding NaN, Infinity, U+0000 or "
-                        "an unpaired surrogate)"),
+            400: _error(
+                "invalid_request (with `fields`) or parse_error: the body is not what this endpoint takes "
+                "(not JSON in UTF-8, nested deeper than 64 levels, or holding NaN, Infinity, U+0000 or "
+                "an unpaired surrogate)"
+            ),
             401: _error("missing_credentials, malformed_credentials, unknown_key, key_revoked or key_expired"),
             403: _error("ip_not_allowed or missing_scope"),
             404: _error("unknown_bot"),
@@ -132,8 +135,11 @@ class ChatView(ApiView):
             504: _error("model_timeout: no answer within CHAT_API_TIMEOUT"),
         },
         examples=[
-            OpenApiExample("a question", request_only=True,
-                           value={"bot": "support", "text": "Where is my order?", "user": "u-1001"}),
+            OpenApiExample(
+                "a question",
+                request_only=True,
+                value={"bot": "support", "text": "Where is my order?", "user": "u-1001"},
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -142,8 +148,11 @@ class ChatView(ApiView):
         data = payload.validated_data
         bot = find_bot(data["bot"])
         if not bot.enabled:
-            raise ChatFailed(status.HTTP_409_CONFLICT, "bot_disabled",
-                             f"bot {bot.name} is disabled; an administrator can enable it in the console")
+            raise ChatFailed(
+                status.HTTP_409_CONFLICT,
+                "bot_disabled",
+                f"bot {bot.name} is disabled; an administrator can enable it in the console",
+            )
         key: ApiKey = request.auth
         conversation = data.get("conversation") or data["user"]
         chat_id = f"api:{key.prefix}:{conversation}"
@@ -151,14 +160,18 @@ class ChatView(ApiView):
         started = time.perf_counter()
         try:
             with deadline(settings.CHAT_API_TIMEOUT):
-                result = answer(bot, chat_id, data["user"], data["chat_type"], data["text"],
-                                deadline_http_client(), context)
+                result = answer(
+                    bot, chat_id, data["user"], data["chat_type"], data["text"], deadline_http_client(), context
+                )
         except DeadlineExceeded:
             CHAT_CALLS.labels("timeout").inc()
             logger.warning("chat API: bot %s: no answer within %s s", bot.name, settings.CHAT_API_TIMEOUT)
-            raise ChatFailed(status.HTTP_504_GATEWAY_TIMEOUT, "model_timeout",
-                             f"the model did not answer within {settings.CHAT_API_TIMEOUT:g} s; try again later, "
-                             "or ask an administrator to check the backend") from None
+            raise ChatFailed(
+                status.HTTP_504_GATEWAY_TIMEOUT,
+                "model_timeout",
+                f"the model did not answer within {settings.CHAT_API_TIMEOUT:g} s; try again later, "
+                "or ask an administrator to check the backend",
+            ) from None
         except NoBackend as exc:
             CHAT_CALLS.labels("no_backend").inc()
             raise ChatFailed(status.HTTP_503_SERVICE_UNAVAILABLE, "no_backend", str(exc)) from None
@@ -166,22 +179,29 @@ class ChatView(ApiView):
             CHAT_CALLS.labels("model_failed").inc()
             # The full reason names internal hosts: it goes to the log, not to the caller.
             logger.error("chat API: bot %s: model failed: %s", bot.name, exc)
-            advice = "this is usually temporary; try again later" if exc.transient else \
-                "an administrator must check the backend's configuration"
-            raise ChatFailed(status.HTTP_502_BAD_GATEWAY, "model_failed",
-                             f"the model backend failed to answer ({advice}); the details are in the server log") \
-                from None
+            advice = (
+                "this is usually temporary; try again later"
+                if exc.transient
+                else "an administrator must check the backend's configuration"
+            )
+            raise ChatFailed(
+                status.HTTP_502_BAD_GATEWAY,
+                "model_failed",
+                f"the model backend failed to answer ({advice}); the details are in the server log",
+            ) from None
         context.append(bot, chat_id, data["user"], data["text"], result.text)
         CHAT_CALLS.labels("answered").inc()
         rule = result.selection.rule
-        body = ChatResponse({
-            "answer": result.text,
-            "bot": bot.name,
-            "backend": result.backend.name,
-            "rule": result.selection.explanation,
-            "rule_id": rule.pk if rule else None,
-            "conversation": conversation,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-            "model_ms": round(result.model_ms, 1),
-        })
+        body = ChatResponse(
+            {
+                "answer": result.text,
+                "bot": bot.name,
+                "backend": result.backend.name,
+                "rule": result.selection.explanation,
+                "rule_id": rule.pk if rule else None,
+                "conversation": conversation,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                "model_ms": round(result.model_ms, 1),
+            }
+        )
         return Response(body.data)

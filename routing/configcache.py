@@ -70,8 +70,9 @@ def _bump() -> None:
     try:
         get_redis_connection("default").incr(_key())
     except RedisError as exc:
-        logger.warning("could not announce a configuration change (workers catch up within %d s): %s",
-                       MAX_AGE_SECONDS, exc)
+        logger.warning(
+            "could not announce a configuration change (workers catch up within %d s): %s", MAX_AGE_SECONDS, exc
+        )
 
 
 @receiver([post_save, post_delete], sender=Bot, dispatch_uid="config-generation-bot")

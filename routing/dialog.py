@@ -45,8 +45,16 @@ def build_messages(bot: Bot, history: list[dict[str, str]], text: str) -> list[d
     return [*messages, *history, {"role": "user", "content": text}]
 
 
-def answer(bot: Bot, chat_id: str, sender_id: str, chat_type: str, text: str, http: httpx.Client,
-           context: ContextStore | None = None, rules: list[RoutingRule] | None = None) -> Answer:
+def answer(
+    bot: Bot,
+    chat_id: str,
+    sender_id: str,
+    chat_type: str,
+    text: str,
+    http: httpx.Client,
+    context: ContextStore | None = None,
+    rules: list[RoutingRule] | None = None,
+) -> Answer:
     """Ask the selected backend (then the rule's fallback) for an answer.
     Raises NoBackend or ModelError; saving the turn is the caller's job, once the
     answer has reached the user. rules: the bot's candidate rules, if already known."""
@@ -65,6 +73,9 @@ def answer(bot: Bot, chat_id: str, sender_id: str, chat_type: str, text: str, ht
         try:
             completion = complete(backend, messages, http)
         except ModelError as second:
-            raise ModelError(f"{first}; fallback {backend.name}: {second}",
-                             transient=second.transient, attempts=first.attempts + second.attempts) from second
+            raise ModelError(
+                f"{first}; fallback {backend.name}: {second}",
+                transient=second.transient,
+                attempts=first.attempts + second.attempts,
+            ) from second
     return Answer(completion.text, selection, backend, completion, history, (time.perf_counter() - started) * 1000)

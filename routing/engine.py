@@ -67,6 +67,5 @@ def select_backend(bot: Bot, text: str, chat_type: str, rules: list[RoutingRule]
     if bot.default_backend_id and bot.default_backend.enabled:
         return Selection(bot.default_backend, None, None)
     raise NoBackend(
-        f"bot {bot.name}: no routing rule matched and it has no enabled default backend; "
-        "set one in the console"
+        f"bot {bot.name}: no routing rule matched and it has no enabled default backend; set one in the console"
     )

@@ -60,7 +60,11 @@ class RoutingRule(models.Model):
     each set in ascending priority; the bot's default backend is the last resort."""
 
     bot = models.ForeignKey(
-        "bots.Bot", null=True, blank=True, on_delete=models.CASCADE, related_name="rules",
+        "bots.Bot",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="rules",
         help_text="Empty: a global rule for every bot.",
     )
     priority = models.IntegerField(default=100, help_text="Lower runs first.")
@@ -68,7 +72,11 @@ class RoutingRule(models.Model):
     pattern = models.CharField(max_length=500, blank=True)
     backend = models.ForeignKey(ModelBackend, on_delete=models.PROTECT, related_name="rules")
     fallback_backend = models.ForeignKey(
-        ModelBackend, null=True, blank=True, on_delete=models.PROTECT, related_name="fallback_rules",
+        ModelBackend,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="fallback_rules",
         help_text="Tried when the backend fails after its retries.",
     )
     enabled = models.BooleanField(default=True)

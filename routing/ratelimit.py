@@ -20,7 +20,8 @@ from bots.models import Bot
 logger = logging.getLogger("switchboard.dialog")
 
 RATE_LIMIT_WAIT = Histogram(
-    "switchboard_rate_limit_wait_seconds", "Time a reply waited for its bot's send slot",
+    "switchboard_rate_limit_wait_seconds",
+    "Time a reply waited for its bot's send slot",
     buckets=(0, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 RATE_LIMIT_UNAVAILABLE = Counter(

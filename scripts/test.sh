@@ -16,7 +16,7 @@ Usage: bash scripts/test.sh [PYTEST ARGUMENTS...]
      for the RabbitMQ fault tests (as root)
   5. uses PostgreSQL at 127.0.0.1:5432 when it answers (DATABASE_URL wins if set),
      otherwise SQLite, with a warning
-  6. ruff check .
+  6. ruff check . and ruff format --check .
   7. pytest with the arguments given
 The exit code is ruff's if ruff fails, otherwise pytest's.
 With CI=true, browser tests fail instead of skipping when Chromium is missing, and the
@@ -85,9 +85,10 @@ else
     printf '!!! WARNING: 127.0.0.1 in pg_hba.conf, or set DATABASE_URL to a server you can use.\n\n' >&2
 fi
 
-step "ruff check ."
+step "ruff check . and ruff format --check ."
 ruff_status=0
 .venv/bin/ruff check . || ruff_status=$?
+.venv/bin/ruff format --check . || ruff_status=$?
 if [ "$ruff_status" -ne 0 ]; then
     warn "ruff found problems (exit code $ruff_status); running the tests anyway"
 fi
@@ -97,7 +98,7 @@ pytest_status=0
 .venv/bin/pytest "$@" || pytest_status=$?
 
 if [ "$ruff_status" -ne 0 ]; then
-    printf '\nFAILED: ruff check . (exit code %d). Fix the findings above; many go away with: .venv/bin/ruff check --fix .\n' "$ruff_status" >&2
+    printf '\nFAILED: ruff check . or ruff format --check . (exit code %d). Fix the findings above; many go away with:\n    .venv/bin/ruff check --fix . && .venv/bin/ruff format .\n' "$ruff_status" >&2
     exit "$ruff_status"
 fi
 if [ "$pytest_status" -eq 5 ]; then

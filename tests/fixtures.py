@@ -97,8 +97,12 @@ def committed_wecom_bot(transactional_db):
     from bots.models import Bot
 
     return Bot.objects.create(
-        name="committed-wecom", platform="wecom", app_id="wwcommitted", app_secret="s",
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        name="committed-wecom",
+        platform="wecom",
+        app_id="wwcommitted",
+        app_secret="s",
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
         extra={"agent_id": 1000002},
     )
 

@@ -47,7 +47,12 @@ def start_group(args: list[str], env: dict[str, str], log_path: Path, cwd: Path 
     """Start args in a new session, its output (stdout and stderr) going to log_path."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -106,8 +111,9 @@ def stop_group(proc: subprocess.Popen, timeout: float = 40, leader_only: bool = 
     return False
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5,
-               alive: subprocess.Popen | None = None) -> T:
+def wait_until(
+    check: Callable[[], T], timeout: float, what: str, interval: float = 0.5, alive: subprocess.Popen | None = None
+) -> T:
     """Call check until it returns something truthy (and return that). An exception from
     check counts as "not yet". Stops early when the process `alive` has exited."""
     deadline = time.monotonic() + timeout
@@ -144,12 +150,30 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        wait_until(lambda: self.client().ping(), timeout=10, what=f"redis-server on port {self.port}",
-                   interval=0.05, alive=self.process)
+        wait_until(
+            lambda: self.client().ping(),
+            timeout=10,
+            what=f"redis-server on port {self.port}",
+            interval=0.05,
+            alive=self.process,
+        )
         return self
 
     def stop(self) -> None:

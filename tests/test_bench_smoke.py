@@ -19,8 +19,11 @@ def test_the_bench_runs_every_part_and_writes_its_figures(transactional_db, tmp_
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--no-migrate", "--out", str(out)],
-        cwd=REPO_ROOT, env=process_env(DATABASE_URL=database_url_for_subprocess()),
-        capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=process_env(DATABASE_URL=database_url_for_subprocess()),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())

@@ -47,27 +47,48 @@ def full_config() -> dict:
     config = {
         "backends": [
             {
-                "name": "deepseek", "kind": "openai", "base_url": "https://api.deepseek.com/v1",
-                "model": "deepseek-chat", "timeout": 20, "max_tokens": 1024, "enabled": True,
+                "name": "deepseek",
+                "kind": "openai",
+                "base_url": "https://api.deepseek.com/v1",
+                "model": "deepseek-chat",
+                "timeout": 20,
+                "max_tokens": 1024,
+                "enabled": True,
             },
             {"name": "echo", "kind": "echo"},
         ],
         "bots": [
             {
-                "name": "sales-bot", "platform": "wecom", "uuid": SALES_UUID, "app_id": "ww0001",
-                "extra": {"agent_id": 1000002}, "default_backend": "deepseek", "rate_limit_qps": 5,
-                "allowed_ips": ["10.0.0.0/8", "203.0.113.7"], "system_prompt": "You sell.",
-                "context_ttl": 600, "max_context_turns": 6, "require_mention_in_groups": False,
+                "name": "sales-bot",
+                "platform": "wecom",
+                "uuid": SALES_UUID,
+                "app_id": "ww0001",
+                "extra": {"agent_id": 1000002},
+                "default_backend": "deepseek",
+                "rate_limit_qps": 5,
+                "allowed_ips": ["10.0.0.0/8", "203.0.113.7"],
+                "system_prompt": "You sell.",
+                "context_ttl": 600,
+                "max_context_turns": 6,
+                "require_mention_in_groups": False,
             },
             {
-                "name": "support-bot", "platform": "telegram", "extra": {"bot_username": "support_bot"},
+                "name": "support-bot",
+                "platform": "telegram",
+                "extra": {"bot_username": "support_bot"},
                 "default_backend": "echo",
             },
         ],
         "rules": [
             {"bot": "sales-bot", "priority": 10, "match": "keyword", "pattern": "refund", "backend": "echo"},
-            {"bot": "sales-bot", "priority": 20, "match": "regex", "pattern": r"^/debug\b", "backend": "echo",
-             "enabled": False},
+            {
+                "bot": "sales-bot",
+                "priority": 20,
+                "match": "regex",
+                "pattern": r"^/debug\b",
+                "backend": "echo",
+                "enabled": False,
+            },
             {"bot": None, "priority": 100, "match": "always", "backend": "deepseek", "fallback_backend": "echo"},
         ],
         "admin_access_rules": [{"cidr": "192.0.2.0/24", "description": "office VPN"}],
@@ -203,6 +224,7 @@ def test_an_absent_plain_field_returns_to_its_default(imported, tmp_path):
 
 def _set(path: str, value):
     """An edit of the config: set the value at a dotted path such as bots.1.platform."""
+
     def edit(config: dict) -> None:
         *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
         target = config
@@ -212,6 +234,7 @@ def _set(path: str, value):
             del target[last]
         else:
             target[last] = value
+
     return edit
 
 
@@ -234,35 +257,42 @@ BAD_INPUTS = {
         'rules[2] (global #100 always): fallback_backend: no backend named "gpt5"',
     ),
     "unknown bot in a rule": (
-        _set("rules.0.bot", "nobody"), 'rules[0] (nobody #10 keyword "refund"): bot: no bot named "nobody"'
+        _set("rules.0.bot", "nobody"),
+        'rules[0] (nobody #10 keyword "refund"): bot: no bot named "nobody"',
     ),
     "wrong type": (_set("backends.0.timeout", "20"), 'backends[0] "deepseek": timeout: must be a number, not string'),
     "integer that is a float": (_set("rules.1.priority", 2.5), "rules[1]: priority: must be an integer, not number"),
     "boolean that is a string": (
-        _set("bots.0.enabled", "yes"), 'bots[0] "sales-bot": enabled: must be a boolean, not string'
+        _set("bots.0.enabled", "yes"),
+        'bots[0] "sales-bot": enabled: must be a boolean, not string',
     ),
     "unknown top-level key": (_set("bot", []), 'top level: unknown key "bot"; did you mean "bots"?'),
     "unknown entry key": (
-        _set("bots.0.app_secrett", "x"), 'bots[0] "sales-bot": unknown key "app_secrett"; did you mean "app_secret"?'
+        _set("bots.0.app_secrett", "x"),
+        'bots[0] "sales-bot": unknown key "app_secrett"; did you mean "app_secret"?',
     ),
     "section not an array": (_set("rules", {}), "rules: must be an array, not object"),
     "entry not an object": (_set("backends.1", "echo"), "backends[1]: must be an object, not string"),
     "bad regular expression (model check)": (
-        _set("rules.1.pattern", "(unclosed"), 'rules[1] (sales-bot #20 regex "(unclosed"): pattern: not a valid regular'
+        _set("rules.1.pattern", "(unclosed"),
+        'rules[1] (sales-bot #20 regex "(unclosed"): pattern: not a valid regular',
     ),
     "platform setting missing (model check)": (
-        _set("bots.0.extra", {}), 'bots[0] "sales-bot": extra: agent_id is required for wecom'
+        _set("bots.0.extra", {}),
+        'bots[0] "sales-bot": extra: agent_id is required for wecom',
     ),
     "openai backend without a model (model check)": (
-        _set("backends.0.model", ""), 'backends[0] "deepseek": An OpenAI-compatible backend needs a base URL'
+        _set("backends.0.model", ""),
+        'backends[0] "deepseek": An OpenAI-compatible backend needs a base URL',
     ),
     "rate limit below minimum (model check)": (
-        _set("bots.1.rate_limit_qps", 0), 'bots[1] "support-bot": rate_limit_qps: Ensure this value is greater than'
+        _set("bots.1.rate_limit_qps", 0),
+        'bots[1] "support-bot": rate_limit_qps: Ensure this value is greater than',
     ),
     "duplicate name": (_set("backends.1.name", "deepseek"), 'backends[1] "deepseek": same name as backends[0]'),
     "duplicate rule key": (
         _set("rules.1", full_config()["rules"][0]),
-        "rules[1] (sales-bot #10 keyword \"refund\"): same bot, priority, match and pattern as rules[0]",
+        'rules[1] (sales-bot #10 keyword "refund"): same bot, priority, match and pattern as rules[0]',
     ),
     "malformed uuid": (_set("bots.0.uuid", "not-a-uuid"), "bots[0] \"sales-bot\": uuid: 'not-a-uuid' is not a UUID"),
 }
@@ -282,7 +312,6 @@ def test_bad_input_is_refused_naming_the_entry_and_writes_nothing(imported, tmp_
     assert expected in str(raised.value)
     assert "nothing was written" in str(raised.value)
     assert database_state() == before
-
 
 
 def test_a_failure_while_writing_undoes_everything_already_written(db, tmp_path):
@@ -306,6 +335,7 @@ def test_a_failure_while_writing_undoes_everything_already_written(db, tmp_path)
     assert database_state() == before
     assert Bot.objects.count() == 0 and LogEntry.objects.count() == 0
 
+
 def test_a_secret_of_the_wrong_type_is_refused_without_echoing_it(imported, tmp_path):
     config = full_config()
     config["backends"][0]["api_key"] = 7_305_118_224_901
@@ -319,11 +349,14 @@ def test_a_secret_of_the_wrong_type_is_refused_without_echoing_it(imported, tmp_
     assert database_state() == before
 
 
-@pytest.mark.parametrize("key", [
-    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2",  # 42 characters
-    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C=",  # 44: the pad the platforms leave off
-    "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B-C",  # 43, but "-" is not in the base64 alphabet
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2",  # 42 characters
+        "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C=",  # 44: the pad the platforms leave off
+        "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B-C",  # 43, but "-" is not in the base64 alphabet
+    ],
+)
 def test_an_encoding_aes_key_the_platform_could_not_have_issued_is_refused(imported, tmp_path, key):
     config = full_config()
     config["bots"][0]["encoding_aes_key"] = key
@@ -411,8 +444,13 @@ def test_export_leaves_secrets_out_and_reimports_as_a_no_op(imported, tmp_path):
     assert [b["name"] for b in document["bots"]] == ["sales-bot", "support-bot"]
     assert document["bots"][0]["uuid"] == SALES_UUID
     assert document["rules"][0] == {
-        "bot": None, "priority": 100, "match": "always", "pattern": "", "backend": "deepseek",
-        "fallback_backend": "echo", "enabled": True,
+        "bot": None,
+        "priority": 100,
+        "match": "always",
+        "pattern": "",
+        "backend": "deepseek",
+        "fallback_backend": "echo",
+        "enabled": True,
     }
 
     log_entries = LogEntry.objects.count()
@@ -497,8 +535,9 @@ def extra_rules(imported) -> dict[str, RoutingRule]:
     echo = ModelBackend.objects.get(name="echo")
     manual_bot = Bot.objects.create(name="manual-bot", platform="slack")
     return {
-        "bot": RoutingRule.objects.create(bot=Bot.objects.get(name="sales-bot"), priority=50, match="keyword",
-                                          pattern="extra", backend=echo),
+        "bot": RoutingRule.objects.create(
+            bot=Bot.objects.get(name="sales-bot"), priority=50, match="keyword", pattern="extra", backend=echo
+        ),
         "global": RoutingRule.objects.create(priority=5, match="chat_type", pattern="group", backend=echo),
         "other bot": RoutingRule.objects.create(bot=manual_bot, priority=1, match="always", backend=echo),
     }
@@ -592,8 +631,13 @@ def test_the_cli_exits_non_zero_on_bad_input_and_imports_good_input(tmp_path):
 
     def manage(*args: str, stdin: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "manage.py", *args], input=stdin, cwd=ROOT, env=env,
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "manage.py", *args],
+            input=stdin,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     refused = manage("import_config", "-", stdin=json.dumps(bad))

@@ -15,10 +15,25 @@ from tests.processes import REPO_ROOT, free_port, process_env
 
 # Everything settings.py may read, so the outer test run's values do not leak in.
 SETTINGS_VARIABLES = (
-    "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX", "CELERY_TASK_DEFAULT_QUEUE",
-    "SECRET_KEY", "SECRET_KEY_FILE", "SWITCHBOARD_SECRET_KEYS", "SWITCHBOARD_SECRET_KEYS_FILE",
-    "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DEBUG", "SWITCHBOARD_ENV", "SWITCHBOARD_VAR_DIR", "STATIC_ROOT",
-    "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CACHE_KEY_PREFIX",
+    "CELERY_TASK_DEFAULT_QUEUE",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "SWITCHBOARD_SECRET_KEYS",
+    "SWITCHBOARD_SECRET_KEYS_FILE",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "DEBUG",
+    "SWITCHBOARD_ENV",
+    "SWITCHBOARD_VAR_DIR",
+    "STATIC_ROOT",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
 )
 
 
@@ -41,7 +56,11 @@ def production_env(tmp_path, **changes: str | None) -> dict[str, str]:
 def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -60,8 +79,11 @@ def test_secrets_can_come_from_files(tmp_path):
     ring_file = tmp_path / "secret_keys"
     ring_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     env = production_env(
-        tmp_path, SECRET_KEY=None, SECRET_KEY_FILE=str(key_file),
-        SWITCHBOARD_SECRET_KEYS=None, SWITCHBOARD_SECRET_KEYS_FILE=str(ring_file),
+        tmp_path,
+        SECRET_KEY=None,
+        SECRET_KEY_FILE=str(key_file),
+        SWITCHBOARD_SECRET_KEYS=None,
+        SWITCHBOARD_SECRET_KEYS_FILE=str(ring_file),
     )
     result = check_deploy(env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -72,16 +94,23 @@ def test_secrets_can_come_from_files(tmp_path):
     [
         ({"SECRET_KEY": None}, "SECRET_KEY is not set"),
         ({"SWITCHBOARD_SECRET_KEYS": None}, "SWITCHBOARD_SECRET_KEYS is not set"),
-        ({"SWITCHBOARD_SECRET_KEYS": f"{base64.b64encode(bytes(32)).decode()},c2hvcnQ="},
-         "SWITCHBOARD_SECRET_KEYS entry 2 is not a base64-encoded 32-byte key"),
+        (
+            {"SWITCHBOARD_SECRET_KEYS": f"{base64.b64encode(bytes(32)).decode()},c2hvcnQ="},
+            "SWITCHBOARD_SECRET_KEYS entry 2 is not a base64-encoded 32-byte key",
+        ),
         ({"ALLOWED_HOSTS": None}, "ALLOWED_HOSTS is not set"),
         ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
         ({"SWITCHBOARD_ENV": "staging"}, "SWITCHBOARD_ENV='staging'"),
         ({"SECRET_KEY": None, "SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE="),
     ],
     ids=[
-        "no-secret-key", "no-encryption-keys", "short-encryption-key", "no-allowed-hosts", "debug-maybe",
-        "unknown-env", "unreadable-file",
+        "no-secret-key",
+        "no-encryption-keys",
+        "short-encryption-key",
+        "no-allowed-hosts",
+        "debug-maybe",
+        "unknown-env",
+        "unreadable-file",
     ],
 )
 def test_production_refuses_to_start_without_what_it_needs(tmp_path, changes, message):

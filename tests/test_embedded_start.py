@@ -37,8 +37,16 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 READY_TIMEOUT = 90  # migrate and collectstatic on a busy two-core machine, then boot
 # What an operator would not have set on a fresh machine; the test process has some of them.
 UNSET = (
-    "DATABASE_URL", "ALLOWED_HOSTS", "SECRET_KEY", "SECRET_KEY_FILE", "SWITCHBOARD_SECRET_KEYS",
-    "SWITCHBOARD_SECRET_KEYS_FILE", "SWITCHBOARD_ENV", "DEBUG", "STATIC_ROOT", "CELERY_BROKER_URL",
+    "DATABASE_URL",
+    "ALLOWED_HOSTS",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "SWITCHBOARD_SECRET_KEYS",
+    "SWITCHBOARD_SECRET_KEYS_FILE",
+    "SWITCHBOARD_ENV",
+    "DEBUG",
+    "STATIC_ROOT",
+    "CELERY_BROKER_URL",
 )
 
 
@@ -68,7 +76,11 @@ def _ready(base_url: str) -> dict:
 def _pong(node: str, env: dict[str, str]) -> bool:
     ping = subprocess.run(
         [str(REPO_ROOT / ".venv/bin/celery"), "-A", "config", "inspect", "ping", "-d", node, "--timeout", "3"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return ping.returncode == 0 and f"{node}: OK" in ping.stdout and "pong" in ping.stdout
 
@@ -111,8 +123,11 @@ def test_start_sh_brings_up_and_stops_the_embedded_default(started):
     checks = {check: result["ok"] for check, result in started.ready["checks"].items()}
     assert {"database": True, "redis": True, "broker": True}.items() <= checks.items()
     # The worker start.sh launched shows up on /readyz once its first heartbeat is in.
-    wait_until(lambda: httpx.get(f"{started.base_url}/readyz", timeout=5).json()["checks"]["worker"]["ok"], 30,
-               "the Celery worker's heartbeat on /readyz")
+    wait_until(
+        lambda: httpx.get(f"{started.base_url}/readyz", timeout=5).json()["checks"]["worker"]["ok"],
+        30,
+        "the Celery worker's heartbeat on /readyz",
+    )
     assert httpx.get(f"{started.base_url}/healthz", timeout=5).json() == {"status": "ok"}
 
     # The console sends a stranger to the 2FA sign-in, and the admin created from the
@@ -124,7 +139,8 @@ def test_start_sh_brings_up_and_stops_the_embedded_default(started):
         assert [r.status_code for r in page.history] == [302, 302]
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         signed_in = browser.post(
-            "/admin/2fa/login/", follow_redirects=False,
+            "/admin/2fa/login/",
+            follow_redirects=False,
             data={"csrfmiddlewaretoken": token, "username": ADMIN_USER, "password": ADMIN_PASSWORD},
         )
         assert signed_in.status_code == 302
@@ -167,7 +183,8 @@ def test_start_sh_brings_up_and_stops_the_embedded_default(started):
 def test_worker_and_beat_stop_when_gunicorn_exits(started):
     wait_until(lambda: any("celery -A config beat" in c for c in started.commands()), 30, "beat runs")
     (master,) = (
-        m.pid for m in group_members(started.proc.pid)
+        m.pid
+        for m in group_members(started.proc.pid)
         if m.ppid == started.proc.pid and "gunicorn config.wsgi:application" in m.cmdline
     )
     os.kill(master, signal.SIGTERM)  # only gunicorn: the script must stop the rest itself
@@ -180,8 +197,13 @@ def test_worker_and_beat_stop_when_gunicorn_exits(started):
 def test_a_failing_step_is_named_with_its_fix(tmp_path):
     env = process_env(drop=UNSET, SWITCHBOARD_VAR_DIR=str(tmp_path / "var"), REDIS_URL="redis://192.0.2.1:6379/0")
     result = subprocess.run(
-        ["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60,
+        ["bash", "scripts/start.sh", "--no-install"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "FAILED at step 2/8 (Redis): no Redis answers at 192.0.2.1:6379" in result.stderr
@@ -191,8 +213,15 @@ def test_a_failing_step_is_named_with_its_fix(tmp_path):
 
 def _manage(started: Started, *args: str, stdin: str | None = None, drop: tuple[str, ...] = ()):
     env = {key: value for key, value in started.env.items() if key not in drop}
-    return subprocess.run([str(REPO_ROOT / ".venv/bin/python"), "manage.py", *args], cwd=REPO_ROOT, env=env,
-                          input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/python"), "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
@@ -200,8 +229,12 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
     a dozen connections trickling their headers and two WeChat users waiting for a slow
     model's passive reply do not keep a signed callback waiting."""
     wecom, model, slow_model = FakeWeCom().start(), FakeModel().start(), FakeModel(delay=20).start()
-    bot = SimpleNamespace(uuid=uuid4(), app_id=DEFAULT_CORP_ID, token="embedded-test-token",
-                          encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    bot = SimpleNamespace(
+        uuid=uuid4(),
+        app_id=DEFAULT_CORP_ID,
+        token="embedded-test-token",
+        encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+    )
     try:
         config = {
             "backends": [
@@ -209,9 +242,18 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
                 {"name": "slow", "kind": "openai", "base_url": f"{slow_model.url}/v1", "model": "m1", "timeout": 30},
             ],
             "bots": [
-                {"name": "helpdesk", "platform": "wecom", "uuid": str(bot.uuid), "app_id": DEFAULT_CORP_ID,
-                 "app_secret": DEFAULT_CORP_SECRET, "token": bot.token, "encoding_aes_key": bot.encoding_aes_key,
-                 "api_base_url": wecom.url, "extra": {"agent_id": 1000002}, "default_backend": "quick"},
+                {
+                    "name": "helpdesk",
+                    "platform": "wecom",
+                    "uuid": str(bot.uuid),
+                    "app_id": DEFAULT_CORP_ID,
+                    "app_secret": DEFAULT_CORP_SECRET,
+                    "token": bot.token,
+                    "encoding_aes_key": bot.encoding_aes_key,
+                    "api_base_url": wecom.url,
+                    "extra": {"agent_id": 1000002},
+                    "default_backend": "quick",
+                },
                 passive_bot_config("slow"),
             ],
         }
@@ -220,8 +262,12 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
 
         def send() -> None:
             query, body = wecom_callback(bot, wecom_text_xml(DEFAULT_CORP_ID, "zhangsan", "hello", 9001, 1000002))
-            response = httpx.post(f"{started.base_url}/callback/wecom/{bot.uuid}/?{query}", content=body,
-                                  headers={"Content-Type": "text/xml"}, timeout=30)
+            response = httpx.post(
+                f"{started.base_url}/callback/wecom/{bot.uuid}/?{query}",
+                content=body,
+                headers={"Content-Type": "text/xml"},
+                timeout=30,
+            )
             assert response.status_code == 200 and response.content == b"", response.text
 
         took = assert_answered_while_held(send, "127.0.0.1", started.port, "127.0.0.1", started.base_url)
@@ -237,11 +283,20 @@ def test_a_second_start_refuses_before_it_changes_anything(started, tmp_path):
     metrics = sorted(p.name for p in (started.var_dir / "metrics").iterdir())
     assert metrics, "the running instance has metrics to lose"
     pid = started.proc.pid
-    again = subprocess.run(["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=started.env,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        ["bash", "scripts/start.sh", "--no-install"],
+        cwd=REPO_ROOT,
+        env=started.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 1
-    assert (f"Switchboard already runs from {started.var_dir}: scripts/start.sh (pid {pid}) serves "
-            f"127.0.0.1:{started.port}.") in again.stderr
+    assert (
+        f"Switchboard already runs from {started.var_dir}: scripts/start.sh (pid {pid}) serves "
+        f"127.0.0.1:{started.port}."
+    ) in again.stderr
     assert "Nothing was changed." in again.stderr
     assert "[1/8]" not in again.stdout
     # The live instance kept its counters and still answers.
@@ -251,8 +306,15 @@ def test_a_second_start_refuses_before_it_changes_anything(started, tmp_path):
     # Another var dir on the same port: refused on the port, its var dir left empty.
     other = tmp_path / "other-var"
     env = {**started.env, "SWITCHBOARD_VAR_DIR": str(other)}
-    taken = subprocess.run(["bash", "scripts/start.sh", "--no-install"], cwd=REPO_ROOT, env=env,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    taken = subprocess.run(
+        ["bash", "scripts/start.sh", "--no-install"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert taken.returncode == 1
     bind = f"SWITCHBOARD_BIND=127.0.0.1:{started.port}"
     assert f"Port {started.port} ({bind}) is taken by another program" in taken.stderr
@@ -264,8 +326,9 @@ def test_doctor_in_another_shell_finds_this_start(started):
     """doctor without this start's SWITCHBOARD_BIND (another terminal) checks the port
     start.sh serves, not the default one, and finds the worker named after this
     installation's queue."""
-    wait_until(lambda: _pong(f"{started.name}@{socket.gethostname()}", started.env), 60, "the worker answers",
-               interval=1)
+    wait_until(
+        lambda: _pong(f"{started.name}@{socket.gethostname()}", started.env), 60, "the worker answers", interval=1
+    )
     result = _manage(started, "doctor", "--json", "--skip", "beat", drop=("SWITCHBOARD_BIND",))
     checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
     assert checks["port"]["status"] == "ok", checks["port"]
@@ -280,8 +343,9 @@ def _lan_address() -> str:
     return next((address for address in found if ":" not in address and not address.startswith("127.")), "")
 
 
-@pytest.mark.parametrize("started", [{"SWITCHBOARD_BIND": "0.0.0.0:{port}", "ADMIN_ALLOWED_CIDRS": "127.0.0.0/8"}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "started", [{"SWITCHBOARD_BIND": "0.0.0.0:{port}", "ADMIN_ALLOWED_CIDRS": "127.0.0.0/8"}], indirect=True
+)
 def test_the_client_address_is_still_the_clients_behind_nginx(started):
     """nginx is the first hop: start.sh trusts its X-Forwarded-For (TRUSTED_PROXIES), so a
     client on the network is not taken for 127.0.0.1 and let into a console kept to
@@ -289,8 +353,9 @@ def test_the_client_address_is_still_the_clients_behind_nginx(started):
     lan = _lan_address()
     if not lan:
         pytest.skip("this machine has no address but loopback")
-    from_the_network = httpx.get(f"http://{lan}:{started.port}/admin/", timeout=10,
-                                 headers={"X-Forwarded-For": "127.0.0.1"})
+    from_the_network = httpx.get(
+        f"http://{lan}:{started.port}/admin/", timeout=10, headers={"X-Forwarded-For": "127.0.0.1"}
+    )
     assert from_the_network.status_code == 403, from_the_network.text[:300]
     from_here = httpx.get(f"http://127.0.0.1:{started.port}/admin/", timeout=10, follow_redirects=False)
     assert from_here.status_code == 302

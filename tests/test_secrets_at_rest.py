@@ -146,11 +146,22 @@ def test_console_masks_secrets_and_blank_keeps_them(console, bot):
     assert "stored — type to replace" in page
 
     form = {
-        "name": bot.name, "platform": "wecom", "enabled": "on", "app_id": bot.app_id,
-        "app_secret": "", "token": "", "encoding_aes_key": ROTATED_AES_KEY,
-        "api_base_url": "", "extra": '{"agent_id": 1000002}', "allowed_ips": "[]",
-        "rate_limit_qps": "10", "system_prompt": "", "default_backend": "",
-        "context_ttl": "1800", "max_context_turns": "10", "require_mention_in_groups": "on",
+        "name": bot.name,
+        "platform": "wecom",
+        "enabled": "on",
+        "app_id": bot.app_id,
+        "app_secret": "",
+        "token": "",
+        "encoding_aes_key": ROTATED_AES_KEY,
+        "api_base_url": "",
+        "extra": '{"agent_id": 1000002}',
+        "allowed_ips": "[]",
+        "rate_limit_qps": "10",
+        "system_prompt": "",
+        "default_backend": "",
+        "context_ttl": "1800",
+        "max_context_turns": "10",
+        "require_mention_in_groups": "on",
     }
     response = console.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]

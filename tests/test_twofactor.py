@@ -152,8 +152,16 @@ def stored_backup_codes(user) -> int:
 def test_admin_pages_cover_the_projects_models():
     """Guards the parametrised tests below against passing because the registry was empty."""
     ids = {param.id for param in ADMIN_PAGES}
-    for label in ["bots_bot", "bots_apikey", "bots_adminaccessrule", "routing_modelbackend",
-                  "routing_routingrule", "audit_authevent", "channels_app_inboundmessage", "auth_user"]:
+    for label in [
+        "bots_bot",
+        "bots_apikey",
+        "bots_adminaccessrule",
+        "routing_modelbackend",
+        "routing_routingrule",
+        "audit_authevent",
+        "channels_app_inboundmessage",
+        "auth_user",
+    ]:
         assert f"{label}-changelist" in ids
     assert "bots_bot-add" in ids
     assert "audit_authevent-add" not in ids  # read-only admin: the add page does not exist for anyone
@@ -204,8 +212,12 @@ def test_enrollment_page_shows_the_devices_key_as_qr_and_text(enrolling):
     assert svg, "no inline SVG QR code on the enrollment page"
     assert "otpauth://totp/" in device.config_url and "issuer=Switchboard" in device.config_url
     shown = qr_dark_modules(svg.group(0))
-    levels = [qrcode.constants.ERROR_CORRECT_L, qrcode.constants.ERROR_CORRECT_M,
-              qrcode.constants.ERROR_CORRECT_Q, qrcode.constants.ERROR_CORRECT_H]
+    levels = [
+        qrcode.constants.ERROR_CORRECT_L,
+        qrcode.constants.ERROR_CORRECT_M,
+        qrcode.constants.ERROR_CORRECT_Q,
+        qrcode.constants.ERROR_CORRECT_H,
+    ]
     assert any(shown == qr_modules_for(device.config_url, level) for level in levels), (
         "the QR code does not encode this device's otpauth:// URL"
     )
@@ -388,8 +400,10 @@ def test_sign_in_does_not_follow_an_offsite_next(client, staff_user, totp_device
     start = client.get("/admin/login/", {"next": evil})
     assert next_of(location(start)) == evil
 
-    response = client.post(f"{LOGIN}?{urlsplit(location(start)).query}",
-                           {"username": staff_user.username, "password": PASSWORD, "next": evil})
+    response = client.post(
+        f"{LOGIN}?{urlsplit(location(start)).query}",
+        {"username": staff_user.username, "password": PASSWORD, "next": evil},
+    )
     assert next_of(location(response)) == "/admin/"
     response = client.post(VERIFY, {"code": fresh_code(totp_device), "next": evil})
     assert location(response) == "/admin/"
@@ -473,4 +487,3 @@ def test_reset_2fa_without_devices_says_so(staff_user):
 def test_reset_2fa_names_an_unknown_user():
     with pytest.raises(CommandError, match=r"There is no user named 'nobody'"):
         call_command("reset_2fa", "nobody")
-

@@ -124,9 +124,7 @@ class WXBizMsgCrypt:
         receive_id = content[header + msg_length :]
         if not hmac.compare_digest(receive_id, self._receive_id):
             shown = receive_id[:64].decode("utf-8", errors="replace")
-            raise ReceiveIdMismatch(
-                f"message is for receive id {shown!r}, not {self._receive_id.decode('utf-8')!r}"
-            )
+            raise ReceiveIdMismatch(f"message is for receive id {shown!r}, not {self._receive_id.decode('utf-8')!r}")
         try:
             return msg.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -145,9 +143,7 @@ class WXBizMsgCrypt:
         encryptor = self._cipher().encryptor()
         return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode("ascii")
 
-    def reply_envelope(
-        self, token: str, msg: str, timestamp: str, nonce: str, random16: bytes | None = None
-    ) -> str:
+    def reply_envelope(self, token: str, msg: str, timestamp: str, nonce: str, random16: bytes | None = None) -> str:
         """The XML of an encrypted passive reply, signed over its own timestamp and nonce."""
         encrypted = self.encrypt(msg, random16)
         signed = signature(token, timestamp, nonce, encrypted)

@@ -37,8 +37,9 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
 
     def send(self, client: Client) -> HttpResponse:
-        return client.generic(self.method, self.path, data=self.body, content_type=self.content_type,
-                              headers=self.headers)
+        return client.generic(
+            self.method, self.path, data=self.body, content_type=self.content_type, headers=self.headers
+        )
 
     def with_headers(self, changes: dict[str, str] | None = None, /, **more: str) -> Request:
         """A copy with headers added or replaced; any name (even "self") fits the dict."""
@@ -105,8 +106,9 @@ class ContractKit(ABC):
         """A saved, enabled bot whose credentials the fake accepts, sending to fake_api_url."""
 
     @abstractmethod
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         """A signed, valid delivery of a p2p text message. A later `delivery` of the same
         msg_id is the platform's re-delivery: freshly signed (new nonce or timestamp)
         where the platform does that. signed_at: the request's timestamp (epoch seconds;

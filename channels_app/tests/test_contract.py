@@ -105,8 +105,14 @@ def test_a_text_message_is_recorded_once_and_answered_through_the_api(client, ki
     assert InboundMessage.objects.filter(bot=bot).count() == 1
 
     assert kit.sent_texts(running) == []
-    reply = OutboundReply(chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=REPLY,
-                          reply_context=row.raw["reply_context"], idempotency_key=f"sb-{row.pk}-0")
+    reply = OutboundReply(
+        chat_id=row.chat_id,
+        chat_type=row.chat_type,
+        sender_id=row.sender_id,
+        text=REPLY,
+        reply_context=row.raw["reply_context"],
+        idempotency_key=f"sb-{row.pk}-0",
+    )
     with httpx.Client(timeout=5.0) as http:
         bot.refresh_from_db()
         registered()[kit.platform](bot).send(reply, http)
@@ -132,9 +138,16 @@ def send(client, kit, bot):
     bot.refresh_from_db()
 
     def send(text: str, http: httpx.Client | None = None, part: int = 1, parts: int = 1) -> None:
-        reply = OutboundReply(chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text=text,
-                              reply_context=row.raw["reply_context"], idempotency_key=f"sb-{row.pk}-{part - 1}",
-                              part=part, parts=parts)
+        reply = OutboundReply(
+            chat_id=row.chat_id,
+            chat_type=row.chat_type,
+            sender_id=row.sender_id,
+            text=text,
+            reply_context=row.raw["reply_context"],
+            idempotency_key=f"sb-{row.pk}-{part - 1}",
+            part=part,
+            parts=parts,
+        )
         with http or httpx.Client(timeout=5.0) as client:
             registered()[kit.platform](bot).send(reply, client)
 

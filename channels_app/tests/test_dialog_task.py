@@ -26,17 +26,29 @@ from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom
 def world(make_bot):
     with FakeWeCom() as wecom, FakeModel() as model:
         backend = ModelBackend.objects.create(name="m", kind="openai", base_url=f"{model.url}/v1", model="m1")
-        bot = make_bot(app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET, token="t",
-                       encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-                       api_base_url=wecom.url, default_backend=backend)
+        bot = make_bot(
+            app_id=DEFAULT_CORP_ID,
+            app_secret=DEFAULT_CORP_SECRET,
+            token="t",
+            encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+            api_base_url=wecom.url,
+            default_backend=backend,
+        )
         yield bot, wecom
         ContextStore().clear(bot, "zhang", "zhang")
 
 
 def test_a_reply_resent_from_the_console_is_not_added_to_the_context_twice(world):
     bot, wecom = world
-    row = InboundMessage.objects.create(bot=bot, platform_message_id="1", chat_id="zhang", sender_id="zhang",
-                                        chat_type="p2p", text="hello", raw={"reply_context": {"touser": "zhang"}})
+    row = InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="1",
+        chat_id="zhang",
+        sender_id="zhang",
+        chat_type="p2p",
+        text="hello",
+        raw={"reply_context": {"touser": "zhang"}},
+    )
     assert handle_message.apply(args=[row.pk]).get() == "replied"
     assert len(ContextStore().load(bot, "zhang", "zhang")) == 2
 
@@ -57,8 +69,15 @@ def test_a_send_whose_answer_was_lost_is_sent_again_and_counted(world, settings,
     settings.WECOM_DUPLICATE_CHECK_INTERVAL = interval
     bot, wecom = world
     wecom.plan(r"/message/send", Fault(passthrough=True, hang_up=True))
-    row = InboundMessage.objects.create(bot=bot, platform_message_id="3", chat_id="zhang", sender_id="zhang",
-                                        chat_type="p2p", text="lost", raw={"reply_context": {"touser": "zhang"}})
+    row = InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="3",
+        chat_id="zhang",
+        sender_id="zhang",
+        chat_type="p2p",
+        text="lost",
+        raw={"reply_context": {"touser": "zhang"}},
+    )
     # The send fails; the retry (run in place by apply()) sends the part again.
     assert handle_message.apply(args=[row.pk]).get() == "replied"
 
@@ -72,8 +91,15 @@ def test_a_part_the_platform_refused_is_not_counted_as_a_possible_duplicate(worl
     settings.WECOM_DUPLICATE_CHECK_INTERVAL = 0
     bot, wecom = world
     wecom.plan(r"/message/send", Fault(503, "upstream busy"))
-    row = InboundMessage.objects.create(bot=bot, platform_message_id="4", chat_id="zhang", sender_id="zhang",
-                                        chat_type="p2p", text="busy", raw={"reply_context": {"touser": "zhang"}})
+    row = InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="4",
+        chat_id="zhang",
+        sender_id="zhang",
+        chat_type="p2p",
+        text="busy",
+        raw={"reply_context": {"touser": "zhang"}},
+    )
     assert handle_message.apply(args=[row.pk]).get() == "replied"  # after one retry
     row.refresh_from_db()
     assert len(wecom.received(r"/message/send")) == 2
@@ -82,14 +108,22 @@ def test_a_part_the_platform_refused_is_not_counted_as_a_possible_duplicate(worl
 
 def test_a_finished_message_is_not_claimed_again(world):
     bot, wecom = world
-    row = InboundMessage.objects.create(bot=bot, platform_message_id="2", chat_id="zhang", sender_id="zhang",
-                                        chat_type="p2p", text="once", raw={"reply_context": {"touser": "zhang"}})
+    row = InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="2",
+        chat_id="zhang",
+        sender_id="zhang",
+        chat_type="p2p",
+        text="once",
+        raw={"reply_context": {"touser": "zhang"}},
+    )
     assert handle_message.apply(args=[row.pk]).get() == "replied"
     assert handle_message.apply(args=[row.pk]).get() == "not claimed"
     assert len(wecom.received(r"/message/send")) == 1
 
 
 # -- a send slot far away: the task comes back for it instead of holding a worker -------
+
 
 def _queued_deferrals(bot_row_pk: int) -> list[dict]:
     """The deferred tasks queued for this row, taken off the queue."""
@@ -121,9 +155,15 @@ def slow_bot(world):
 
 
 def _message(bot, msg_id: str) -> InboundMessage:
-    return InboundMessage.objects.create(bot=bot, platform_message_id=msg_id, chat_id="zhang", sender_id="zhang",
-                                         chat_type="p2p", text=f"paced {msg_id}",
-                                         raw={"reply_context": {"touser": "zhang"}})
+    return InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id=msg_id,
+        chat_id="zhang",
+        sender_id="zhang",
+        chat_type="p2p",
+        text=f"paced {msg_id}",
+        raw={"reply_context": {"touser": "zhang"}},
+    )
 
 
 def test_a_far_slot_defers_the_task_and_it_sends_in_its_slot(slow_bot):

@@ -15,8 +15,9 @@ from bots.models import Bot
 from channels_app.models import InboundMessage, MessageStatus
 from tests.fakes.wecom import wecom_callback, wecom_text_xml
 
-PREPARED_INSERTS = ("SELECT count(*) FROM pg_prepared_statements "
-                    "WHERE statement LIKE 'INSERT INTO \"channels_app_inboundmessage\"%%'")
+PREPARED_INSERTS = (
+    "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO \"channels_app_inboundmessage\"%%'"
+)
 
 
 @pytest.fixture
@@ -25,8 +26,9 @@ def bot(committed_wecom_bot) -> Bot:
 
 
 def post(client, bot: Bot, text: str, msg_id: int):
-    query, body = wecom_callback(bot, wecom_text_xml(bot.app_id, "u1", text, msg_id, 1000002),
-                                 nonce=secrets.token_hex(6))
+    query, body = wecom_callback(
+        bot, wecom_text_xml(bot.app_id, "u1", text, msg_id, 1000002), nonce=secrets.token_hex(6)
+    )
     return client.post(f"{bot.callback_path}?{query}", body, content_type="text/xml")
 
 
@@ -41,14 +43,33 @@ def test_a_new_row_is_whole_and_a_redelivery_adds_none(client, bot):
     assert post(client, bot, "hello", 41).status_code == 200
     assert post(client, bot, "hello", 41).status_code == 200  # the platform's retry: a duplicate
     row = InboundMessage.objects.get()
-    assert (row.bot_id, row.platform_message_id, row.chat_id, row.chat_type, row.sender_id, row.text,
-            row.mentioned) == (bot.pk, "41", "u1", "p2p", "u1", "hello", True)  # a direct message addresses the bot
+    assert (
+        row.bot_id,
+        row.platform_message_id,
+        row.chat_id,
+        row.chat_type,
+        row.sender_id,
+        row.text,
+        row.mentioned,
+    ) == (bot.pk, "41", "u1", "p2p", "u1", "hello", True)  # a direct message addresses the bot
     assert row.raw["event"]["Content"] == "hello" and "reply_context" in row.raw
     assert before <= row.received_at <= timezone.now()
     # Every other column as the model's defaults make it.
     defaults = InboundMessage(bot=bot, platform_message_id="x")
-    for field in ("status", "attempts", "error", "reply_text", "parts_sent", "route", "backend_id", "acked_ms",
-                  "started_at", "replied_at", "model_ms", "send_ms"):
+    for field in (
+        "status",
+        "attempts",
+        "error",
+        "reply_text",
+        "parts_sent",
+        "route",
+        "backend_id",
+        "acked_ms",
+        "started_at",
+        "replied_at",
+        "model_ms",
+        "send_ms",
+    ):
         assert getattr(row, field) == getattr(defaults, field), field
     assert row.status == MessageStatus.RECEIVED
 

@@ -84,13 +84,17 @@ def test_a_row_whose_nonce_a_copy_of_its_request_claimed_first_is_kept(client, b
     assert InboundMessage.objects.count() == 1 and queue() == 1
 
 
-@pytest.mark.parametrize("payload", [
-    {"token": "t", "challenge": "c-1", "type": "url_verification"},  # a handshake
-    {"token": "t", "type": "event_callback", "event_id": "Ev1", "event": {"type": "reaction_added"}},  # ignored
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"token": "t", "challenge": "c-1", "type": "url_verification"},  # a handshake
+        {"token": "t", "type": "event_callback", "event_id": "Ev1", "event": {"type": "reaction_added"}},  # ignored
+    ],
+)
 def test_a_request_with_no_hand_off_still_has_its_nonce_checked(client, transactional_db, payload):
-    bot = Bot.objects.create(name="slack-fused", platform="slack", app_secret="signing-secret", token="xoxb-1",
-                             extra={})
+    bot = Bot.objects.create(
+        name="slack-fused", platform="slack", app_secret="signing-secret", token="xoxb-1", extra={}
+    )
     headers, body = slack_callback(payload, "signing-secret")
     content_type = headers.pop("Content-Type")
     first = client.post(bot.callback_path, body, content_type=content_type, headers=headers)

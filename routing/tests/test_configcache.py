@@ -52,8 +52,13 @@ def test_any_saved_change_is_seen_by_the_next_message(bot, backend, change, djan
 
     fresh_bot, fresh_rules = configcache.bot_and_rules(bot.pk)
     assert fresh_bot is not cached_bot
-    expected = {"new rule": ["always", "keyword"], "rule edited": ["keyword"], "rule deleted": [],
-                "backend edited": ["keyword"], "bot edited": ["keyword"]}[change]
+    expected = {
+        "new rule": ["always", "keyword"],
+        "rule edited": ["keyword"],
+        "rule deleted": [],
+        "backend edited": ["keyword"],
+        "bot edited": ["keyword"],
+    }[change]
     assert [r.match for r in fresh_rules] == expected
     if change == "rule edited":
         assert fresh_rules[0].pattern == "refund"

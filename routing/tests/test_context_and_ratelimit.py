@@ -22,6 +22,7 @@ class CountingRedis:
     def __getattr__(self, name):
         attr = getattr(self.real, name)
         if name == "pipeline":
+
             def pipeline(*args, **kwargs):
                 pipe = attr(*args, **kwargs)
                 execute = pipe.execute
@@ -32,11 +33,14 @@ class CountingRedis:
 
                 pipe.execute = counted_execute
                 return pipe
+
             return pipeline
         if callable(attr):
+
             def call(*args, **kwargs):
                 self.round_trips += 1
                 return attr(*args, **kwargs)
+
             return call
         return attr
 

@@ -90,8 +90,12 @@ def test_no_backend_at_all_says_what_to_do(make_bot):
 
 @pytest.mark.parametrize(
     ("match", "pattern", "message"),
-    [("regex", "(", "not a valid regular expression"), ("platform", "icq", "unknown platform"),
-     ("chat_type", "channel", "p2p, group"), ("keyword", "", "needs a pattern")],
+    [
+        ("regex", "(", "not a valid regular expression"),
+        ("platform", "icq", "unknown platform"),
+        ("chat_type", "channel", "p2p, group"),
+        ("keyword", "", "needs a pattern"),
+    ],
 )
 def test_rules_are_validated(backends, match, pattern, message):
     with pytest.raises(ValidationError, match=message):

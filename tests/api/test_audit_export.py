@@ -39,8 +39,9 @@ def trail(staff_user):
         bot.system_prompt = "be brief"
         bot.app_secret = NEW_SECRET
         bot.save()
-        ModelBackend.objects.create(name="gpt", kind="openai", base_url="http://127.0.0.1:9/v1", model="m",
-                                    api_key=BACKEND_KEY)
+        ModelBackend.objects.create(
+            name="gpt", kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key=BACKEND_KEY
+        )
     return bot
 
 
@@ -70,12 +71,29 @@ def test_csv_export_holds_actor_address_and_masked_diffs_and_verifies(api, trail
     header = json.loads(lines[0][0])
     assert header["kind"] == "changes" and header["format"] == "csv"
     columns = lines[1]
-    assert columns == header["columns"] == ["seq", "timestamp", "actor", "remote_addr", "action", "model", "object_id",
-                                            "object_repr", "changes", "cid", "prev_hash", "hash"]
+    assert (
+        columns
+        == header["columns"]
+        == [
+            "seq",
+            "timestamp",
+            "actor",
+            "remote_addr",
+            "action",
+            "model",
+            "object_id",
+            "object_repr",
+            "changes",
+            "cid",
+            "prev_hash",
+            "hash",
+        ]
+    )
     rows = [dict(zip(columns, line, strict=True)) for line in lines[2:-1]]
     bot_rows = [r for r in rows if r["model"] == "bots.bot"]
     assert [(r["action"], r["actor"], r["remote_addr"], r["object_id"]) for r in bot_rows] == [
-        ("create", "alice", ADMIN_IP, str(trail.pk)), ("update", "alice", ADMIN_IP, str(trail.pk))
+        ("create", "alice", ADMIN_IP, str(trail.pk)),
+        ("update", "alice", ADMIN_IP, str(trail.pk)),
     ]
     assert json.loads(bot_rows[1]["changes"])["app_secret"] == ["********", "********"]
     assert json.loads(bot_rows[1]["changes"])["system_prompt"] == ["", "be brief"]
@@ -94,7 +112,8 @@ def test_jsonl_export_keeps_json_values_and_verifies(api, trail, auditor_key):
     assert response["Content-Type"] == "application/jsonl; charset=utf-8"
     rows = jsonl_rows(body)
     assert [(r["action"], r["model"], r["actor"], r["remote_addr"]) for r in rows] == [
-        ("create", "bots.bot", "alice", ADMIN_IP), ("update", "bots.bot", "alice", ADMIN_IP)
+        ("create", "bots.bot", "alice", ADMIN_IP),
+        ("update", "bots.bot", "alice", ADMIN_IP),
     ]
     assert rows[0]["changes"]["app_secret"] == ["None", "********"]
     assert rows[1]["prev_hash"] == rows[0]["hash"]

@@ -133,7 +133,8 @@ def test_refusals_are_recorded_once_a_minute_per_key_and_reason(api, issue_key):
     call(api, other_key, BODY)
 
     assert [e.detail.split(";")[0] for e in refusals()] == [
-        f"key_revoked: api key {row.prefix} (crm)", f"key_revoked: api key {other_row.prefix} (other)"
+        f"key_revoked: api key {row.prefix} (crm)",
+        f"key_revoked: api key {other_row.prefix} (other)",
     ]
 
 

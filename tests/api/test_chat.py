@@ -25,7 +25,10 @@ def test_a_turn_is_answered_through_the_bots_routing_and_remembered(api, issue_k
     body = first.json()
     assert body["answer"] == "[m-main] hello (history=0)"
     assert (body["bot"], body["backend"], body["rule"], body["rule_id"]) == (
-        "support", "main", "the bot's default backend", None
+        "support",
+        "main",
+        "the bot's default backend",
+        None,
     )
     assert body["conversation"] == "u-1"
     assert body["latency_ms"] >= body["model_ms"] > 0
@@ -181,8 +184,7 @@ def test_a_model_slower_than_the_timeout_is_504_in_time(api, issue_key, chat_bot
     assert len(fake_model.received("/chat/completions")) == 1
 
 
-def test_a_model_asking_to_wait_past_the_deadline_ends_the_turn_at_once(api, issue_key, chat_bot, fake_model,
-                                                                         settings):
+def test_a_model_asking_to_wait_past_the_deadline_ends_the_turn_at_once(api, issue_key, chat_bot, fake_model, settings):
     settings.CHAT_API_TIMEOUT = 3
     fake_model.plan_responses(Response(429, {"error": {"message": "slow down"}}, {"Retry-After": "5"}))
     _, key = issue_key()

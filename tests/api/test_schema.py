@@ -16,7 +16,9 @@ def test_the_schema_is_valid_openapi_and_describes_the_api(client):
     validate_schema(schema)
 
     assert schema["components"]["securitySchemes"]["ApiKey"] == {
-        "type": "apiKey", "in": "header", "name": "Authorization",
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
         "description": schema["components"]["securitySchemes"]["ApiKey"]["description"],
     }
     chat = schema["paths"]["/api/v1/chat"]["post"]
@@ -26,7 +28,11 @@ def test_the_schema_is_valid_openapi_and_describes_the_api(client):
     [chat_type] = request["properties"]["chat_type"]["allOf"]
     assert schema["components"]["schemas"][chat_type["$ref"].rsplit("/", 1)[1]]["enum"] == ["p2p", "group"]
     assert set(schema["components"]["schemas"]["ChatResponse"]["properties"]) >= {
-        "answer", "backend", "rule", "latency_ms", "bot"
+        "answer",
+        "backend",
+        "rule",
+        "latency_ms",
+        "bot",
     }
     for status in ("400", "401", "403", "404", "409", "415", "429", "502", "503", "504"):
         assert chat["responses"][status]["content"]["application/json"]["schema"] == {

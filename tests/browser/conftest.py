@@ -105,8 +105,9 @@ def shot(browser, request) -> Callable[[str], Path]:
             browser.save_screenshot(str(path))
         finally:
             browser.set_window_size(size["width"], size["height"])
-        violations = [entry["message"] for entry in browser.get_log("browser")
-                      if "Content Security Policy" in entry["message"]]
+        violations = [
+            entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]
+        ]
         assert not violations, f"{browser.current_url} broke the console's CSP: {violations}"
         return path
 

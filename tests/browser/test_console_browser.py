@@ -70,7 +70,8 @@ def age_the_code(browser, seconds: float) -> None:
 
 
 def test_a_bot_created_in_the_console_is_in_the_audit_log_with_its_secret_masked(
-        browser, live_server, admin_user, shot):
+    browser, live_server, admin_user, shot
+):
     user, device = admin_user
     browser_sign_in(browser, live_server.url, "root", device)
     shot("console-index")
@@ -102,14 +103,15 @@ def test_a_bot_created_in_the_console_is_in_the_audit_log_with_its_secret_masked
     changes = wait_for(browser, ".field-msg").text
     assert "app_secret" in changes.lower().replace(" ", "_") or "App secret" in changes
     assert "********" in changes
-    assert BOT_SECRET not in browser.page_source and BOT_SECRET[len(BOT_SECRET) // 2:] not in browser.page_source
+    assert BOT_SECRET not in browser.page_source and BOT_SECRET[len(BOT_SECRET) // 2 :] not in browser.page_source
     shot("audit-entry-secret-masked")
 
 
 def test_a_secret_is_revealed_only_after_a_fresh_code(browser, live_server, admin_user, make_bot, shot):
     user, device = admin_user
-    bot = make_bot(name="helpdesk", app_id=DEFAULT_CORP_ID, app_secret=BOT_SECRET, token="tok-1",
-                   encoding_aes_key=aes_key())
+    bot = make_bot(
+        name="helpdesk", app_id=DEFAULT_CORP_ID, app_secret=BOT_SECRET, token="tok-1", encoding_aes_key=aes_key()
+    )
     browser_sign_in(browser, live_server.url, "root", device)
     age_the_code(browser, FRESH_SECONDS + 60)
 
@@ -138,8 +140,12 @@ def test_a_secret_is_revealed_only_after_a_fresh_code(browser, live_server, admi
 
 
 def call_chat(base_url: str, key: str) -> httpx.Response:
-    return httpx.post(f"{base_url}/api/v1/chat", headers={"Authorization": f"Api-Key {key}"},
-                      json={"bot": "helpdesk", "text": "hello", "user": "u-1"}, timeout=20)
+    return httpx.post(
+        f"{base_url}/api/v1/chat",
+        headers={"Authorization": f"Api-Key {key}"},
+        json={"bot": "helpdesk", "text": "hello", "user": "u-1"},
+        timeout=20,
+    )
 
 
 def test_an_api_key_is_shown_once_works_and_is_rotated(browser, live_server, admin_user, make_bot, shot):
@@ -186,16 +192,20 @@ def test_an_api_key_is_shown_once_works_and_is_rotated(browser, live_server, adm
     shot("api-key-old-expired")
 
 
-def test_an_auditor_exports_csv_and_cannot_open_a_bot(browser, live_server, django_user_model, make_bot, downloads,
-                                                      shot, admin_user):
+def test_an_auditor_exports_csv_and_cannot_open_a_bot(
+    browser, live_server, django_user_model, make_bot, downloads, shot, admin_user
+):
     bot = make_bot(name="helpdesk")
     auditor = django_user_model.objects.create_user(username="audrey", password=PASSWORD, is_staff=True)
     auditor.groups.add(auditors_group())
     device = AuthenticatorDevice.objects.create(user=auditor, name="phone", confirmed=True)
     browser_sign_in(browser, live_server.url, "audrey", device)
     shot("auditor-index")
-    links = {a.get_attribute("href").removeprefix(live_server.url)
-             for a in browser.find_elements(By.CSS_SELECTOR, "#content-main a") if a.get_attribute("href")}
+    links = {
+        a.get_attribute("href").removeprefix(live_server.url)
+        for a in browser.find_elements(By.CSS_SELECTOR, "#content-main a")
+        if a.get_attribute("href")
+    }
     assert "/admin/bots/bot/" not in links and "/admin/auditlog/logentry/" in links
 
     browser.get(f"{live_server.url}/admin/auditlog/logentry/")
@@ -217,8 +227,14 @@ def test_an_auditor_exports_csv_and_cannot_open_a_bot(browser, live_server, djan
 
 def test_the_test_tools_on_a_bot_page(browser, live_server, admin_user, make_bot, shot):
     user, device = admin_user
-    bot = make_bot(name="helpdesk", app_id=DEFAULT_CORP_ID, app_secret="s", token=secrets.token_hex(8),
-                   encoding_aes_key=aes_key(), default_backend=ModelBackend.objects.create(name="echo", kind="echo"))
+    bot = make_bot(
+        name="helpdesk",
+        app_id=DEFAULT_CORP_ID,
+        app_secret="s",
+        token=secrets.token_hex(8),
+        encoding_aes_key=aes_key(),
+        default_backend=ModelBackend.objects.create(name="echo", kind="echo"),
+    )
     browser_sign_in(browser, live_server.url, "root", device)
     browser.get(f"{live_server.url}/admin/bots/bot/{bot.pk}/change/")
     click_and_wait(browser, "#tool-test-message")
@@ -234,8 +250,9 @@ def test_the_test_tools_on_a_bot_page(browser, live_server, admin_user, make_bot
     shot("callback-check-ok")
     Bot.objects.filter(pk=bot.pk).update(token="")
     browser.refresh()  # re-submits the check form
-    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "check-summary").text
-                                     == "The callback setup has problems.")
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.ID, "check-summary").text == "The callback setup has problems."
+    )
     assert "Token is empty" in browser.find_element(By.ID, "check-findings").text
     shot("callback-check-problem")
 
@@ -246,13 +263,26 @@ def test_a_failed_message_is_replayed_from_the_delivery_log(browser, live_server
     with FakeWeCom() as wecom, FakeModel() as model, CeleryWorker(concurrency=1):
         backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
         bot = Bot.objects.create(
-            name="helpdesk", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
-            token="tok-1", encoding_aes_key=aes_key(), api_base_url=wecom.url, extra={"agent_id": 1000002},
+            name="helpdesk",
+            platform="wecom",
+            app_id=DEFAULT_CORP_ID,
+            app_secret=DEFAULT_CORP_SECRET,
+            token="tok-1",
+            encoding_aes_key=aes_key(),
+            api_base_url=wecom.url,
+            extra={"agent_id": 1000002},
             default_backend=backend,
         )
         failed = InboundMessage.objects.create(
-            bot=bot, platform_message_id="4711", chat_id="zhangsan", sender_id="zhangsan", chat_type="p2p",
-            text="where is my invoice?", mentioned=True, status=MessageStatus.FAILED, attempts=4,
+            bot=bot,
+            platform_message_id="4711",
+            chat_id="zhangsan",
+            sender_id="zhangsan",
+            chat_type="p2p",
+            text="where is my invoice?",
+            mentioned=True,
+            status=MessageStatus.FAILED,
+            attempts=4,
             error="model: fake-model answered HTTP 503 after 3 attempts",
             raw={"reply_context": {"touser": "zhangsan", "agent_id": "1000002"}},
         )
@@ -264,8 +294,9 @@ def test_a_failed_message_is_replayed_from_the_delivery_log(browser, live_server
         shot("delivery-log-message")
         browser.get(f"{live_server.url}/admin/channels_app/inboundmessage/?status__exact=failed")
         run_action(browser, "replay_messages", failed.pk)
-        assert "Replaying 1 message: queued for the worker." in browser.find_element(By.CSS_SELECTOR,
-                                                                                      ".messagelist").text
+        assert (
+            "Replaying 1 message: queued for the worker." in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+        )
         [sent] = wecom.wait_for(r"/message/send", 1)
         assert sent.json()["text"]["content"] == "[m1] where is my invoice? (history=0)"
         deadline = time.monotonic() + 20

@@ -22,10 +22,16 @@ def shown_keys(page) -> list[tuple[str, str]]:
 
 
 def test_a_new_key_is_shown_once_and_only_its_hash_is_kept(console):
-    response = console.post(f"{CHANGELIST}add/", {
-        "name": "crm", "scopes": ["chat"], "allowed_cidrs": '["10.0.0.0/8"]',
-        "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00",
-    })
+    response = console.post(
+        f"{CHANGELIST}add/",
+        {
+            "name": "crm",
+            "scopes": ["chat"],
+            "allowed_cidrs": '["10.0.0.0/8"]',
+            "expires_at_0": "2030-01-01",
+            "expires_at_1": "00:00:00",
+        },
+    )
     assert response.status_code == 302
     # The key travels in no cookie: messages are kept in the session on the server.
     assert not any("sb_" in morsel.value for morsel in response.cookies.values())
@@ -97,8 +103,13 @@ def test_keys_expiring_within_14_days_are_pointed_out(console, keys):
     assert names(console.get(CHANGELIST, {"expiry": "soon"})) == {"soon"}
     assert names(console.get(CHANGELIST, {"expiry": "active"})) == {"soon", "later"}
     assert names(console.get(CHANGELIST, {"expiry": "ended"})) == {"gone", "revoked"}
-    statuses = dict(re.findall(r'<th class="field-name"><a [^>]*>(\w+)</a></th>.*?<td class="field-status">(.*?)</td>',
-                               page.content.decode(), re.S))
+    statuses = dict(
+        re.findall(
+            r'<th class="field-name"><a [^>]*>(\w+)</a></th>.*?<td class="field-status">(.*?)</td>',
+            page.content.decode(),
+            re.S,
+        )
+    )
     assert statuses == {"soon": "expires in 9 days", "later": "active", "gone": "expired", "revoked": "revoked"}
 
 
@@ -108,9 +119,15 @@ def test_no_banner_without_expiring_keys(console, keys):
 
 
 def test_a_key_without_a_scope_is_not_issued(console):
-    response = console.post(f"{CHANGELIST}add/", {
-        "name": "crm", "allowed_cidrs": "[]", "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00",
-    })
+    response = console.post(
+        f"{CHANGELIST}add/",
+        {
+            "name": "crm",
+            "allowed_cidrs": "[]",
+            "expires_at_0": "2030-01-01",
+            "expires_at_1": "00:00:00",
+        },
+    )
     assert response.status_code == 200 and not ApiKey.objects.exists()
     assert response.context["adminform"].form.errors["scopes"] == [
         "Choose at least one scope: a key without one is refused on every call."

@@ -77,11 +77,19 @@ def test_an_auditor_sees_the_audit_log_and_nothing_else(auditor_console, make_bo
     assert auditor_console.get("/admin/auditlog/logentry/").status_code == 200
     assert auditor_console.get("/admin/audit/authevent/").status_code == 200
     refused = [
-        "/admin/bots/bot/", f"/admin/bots/bot/{bot.pk}/change/", f"/admin/bots/bot/{bot.pk}/reveal/",
-        f"/admin/bots/bot/{bot.pk}/test-message/", f"/admin/bots/bot/{bot.pk}/check-callback/",
-        "/admin/bots/apikey/", f"/admin/bots/apikey/{key.pk}/change/", "/admin/bots/adminaccessrule/",
-        f"/admin/bots/adminaccessrule/{rule.pk}/change/", "/admin/routing/modelbackend/",
-        "/admin/routing/routingrule/", "/admin/channels_app/inboundmessage/", "/admin/auth/user/",
+        "/admin/bots/bot/",
+        f"/admin/bots/bot/{bot.pk}/change/",
+        f"/admin/bots/bot/{bot.pk}/reveal/",
+        f"/admin/bots/bot/{bot.pk}/test-message/",
+        f"/admin/bots/bot/{bot.pk}/check-callback/",
+        "/admin/bots/apikey/",
+        f"/admin/bots/apikey/{key.pk}/change/",
+        "/admin/bots/adminaccessrule/",
+        f"/admin/bots/adminaccessrule/{rule.pk}/change/",
+        "/admin/routing/modelbackend/",
+        "/admin/routing/routingrule/",
+        "/admin/channels_app/inboundmessage/",
+        "/admin/auth/user/",
         "/admin/auth/group/",
     ]
     for page in refused:
@@ -94,14 +102,14 @@ def test_an_auditor_sees_the_audit_log_and_nothing_else(auditor_console, make_bo
 
 
 def test_an_auditor_exports_the_change_log_as_chained_csv(auditor_console, auditor, console):
-    console.post("/admin/bots/adminaccessrule/add/", {"cidr": "198.51.100.0/24", "description": "vpn",
-                                                      "enabled": "on"})
+    console.post("/admin/bots/adminaccessrule/add/", {"cidr": "198.51.100.0/24", "description": "vpn", "enabled": "on"})
     page = auditor_console.get("/admin/auditlog/logentry/export/?format=csv")
     assert page.status_code == 200
     assert re.search(r'<input type="radio" name="format" value="csv"[^>]*checked', page.content.decode())
 
-    response = auditor_console.post("/admin/auditlog/logentry/export/",
-                                    {"format": "csv", "model": "bots.adminaccessrule"}, REMOTE_ADDR="10.4.4.4")
+    response = auditor_console.post(
+        "/admin/auditlog/logentry/export/", {"format": "csv", "model": "bots.adminaccessrule"}, REMOTE_ADDR="10.4.4.4"
+    )
     assert response.status_code == 200
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"].startswith('attachment; filename="audit-changes-')
@@ -129,8 +137,9 @@ def test_an_auditor_exports_sign_in_events_as_json_lines(auditor_console):
 
 
 def test_a_bad_date_range_is_refused_on_the_form(auditor_console):
-    response = auditor_console.post("/admin/auditlog/logentry/export/",
-                                    {"format": "csv", "since": "2026-03-02", "until": "2026-03-01"})
+    response = auditor_console.post(
+        "/admin/auditlog/logentry/export/", {"format": "csv", "since": "2026-03-02", "until": "2026-03-01"}
+    )
     assert response.status_code == 200
     assert b"must be after since" in response.content
     response = auditor_console.post("/admin/auditlog/logentry/export/", {"format": "csv", "model": "nonsense"})

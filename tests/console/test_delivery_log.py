@@ -46,21 +46,49 @@ def rows(make_bot, backend):
     wecom = make_bot(name="helpdesk", platform="wecom")
     feishu = make_bot(name="lark", platform="feishu")
     failed = InboundMessage.objects.create(
-        bot=wecom, platform_message_id="m-failed", chat_id="zhangsan", sender_id="zhangsan", text="where is my invoice",
-        status=MessageStatus.FAILED, attempts=1, error="model: fake-model answered HTTP 503",
-        route="rule helpdesk #10: keyword invoice", backend=backend, acked_ms=3.2, model_ms=812.0,
+        bot=wecom,
+        platform_message_id="m-failed",
+        chat_id="zhangsan",
+        sender_id="zhangsan",
+        text="where is my invoice",
+        status=MessageStatus.FAILED,
+        attempts=1,
+        error="model: fake-model answered HTTP 503",
+        route="rule helpdesk #10: keyword invoice",
+        backend=backend,
+        acked_ms=3.2,
+        model_ms=812.0,
     )
     replied = InboundMessage.objects.create(
-        bot=feishu, platform_message_id="m-replied", chat_id="oc_1", sender_id="ou_1", text="hello",
-        status=MessageStatus.REPLIED, attempts=1, reply_text="hi there", parts_sent=1, backend=backend,
-        acked_ms=2.0, model_ms=120.0, send_ms=45.0,
+        bot=feishu,
+        platform_message_id="m-replied",
+        chat_id="oc_1",
+        sender_id="ou_1",
+        text="hello",
+        status=MessageStatus.REPLIED,
+        attempts=1,
+        reply_text="hi there",
+        parts_sent=1,
+        backend=backend,
+        acked_ms=2.0,
+        model_ms=120.0,
+        send_ms=45.0,
     )
     InboundMessage.objects.filter(pk=replied.pk).update(
-        started_at=replied.received_at, replied_at=replied.received_at + timedelta(milliseconds=900))
+        started_at=replied.received_at, replied_at=replied.received_at + timedelta(milliseconds=900)
+    )
     unsent = InboundMessage.objects.create(
-        bot=wecom, platform_message_id="m-send-failed", chat_id="lisi", sender_id="lisi", text="help",
-        status=MessageStatus.FAILED, attempts=4, error="send: WeCom message/send refused: errcode 45009",
-        reply_text="the answer", parts_sent=0, backend=backend,
+        bot=wecom,
+        platform_message_id="m-send-failed",
+        chat_id="lisi",
+        sender_id="lisi",
+        text="help",
+        status=MessageStatus.FAILED,
+        attempts=4,
+        error="send: WeCom message/send refused: errcode 45009",
+        reply_text="the answer",
+        parts_sent=0,
+        backend=backend,
     )
     waiting = InboundMessage.objects.create(bot=wecom, platform_message_id="m-waiting", text="later")
     return {"failed": failed, "replied": replied, "unsent": unsent, "waiting": waiting}
@@ -79,7 +107,10 @@ def test_the_log_filters_by_bot_platform_status_and_date(console, rows):
     assert listed(console.get(CHANGELIST, {"platform": "feishu"})) == {"m-replied"}
     assert listed(console.get(CHANGELIST, {"status__exact": "failed"})) == {"m-failed", "m-send-failed"}
     assert listed(console.get(CHANGELIST, {"bot__id__exact": rows["failed"].bot_id})) == {
-        "m-failed", "m-send-failed", "m-waiting"}
+        "m-failed",
+        "m-send-failed",
+        "m-waiting",
+    }
     # What the "By received at" filter's "Today" link asks for.
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     assert len(listed(console.get(CHANGELIST, {"received_at__gte": str(today)}))) == 4
@@ -94,15 +125,22 @@ def test_a_message_page_shows_timings_backend_route_and_error(console, rows):
     assert "ack 2 · model 120 · send 45" in listing and "ack 3 · model 812" in listing
     assert "model: fake-model answered HTTP 503" in listing
     page = console.get(f"{CHANGELIST}{rows['failed'].pk}/change/").content.decode()
-    for shown in ["model: fake-model answered HTTP 503", "rule helpdesk #10: keyword invoice", "echo", "812.0",
-                  "where is my invoice", "WeCom"]:
+    for shown in [
+        "model: fake-model answered HTTP 503",
+        "rule helpdesk #10: keyword invoice",
+        "echo",
+        "812.0",
+        "where is my invoice",
+        "WeCom",
+    ]:
         assert shown in page, shown
     replied = console.get(f"{CHANGELIST}{rows['replied'].pk}/change/").content.decode()
     assert re.search(r"End to end \(ms\):</label>\s*<div class=\"readonly\">900</div>", replied), replied
 
 
-def test_replaying_a_failed_message_puts_it_back_in_the_outbox(console, staff_user, rows, queue,
-                                                                django_capture_on_commit_callbacks):
+def test_replaying_a_failed_message_puts_it_back_in_the_outbox(
+    console, staff_user, rows, queue, django_capture_on_commit_callbacks
+):
     failed, unsent = rows["failed"], rows["unsent"]
     with django_capture_on_commit_callbacks(execute=True):
         response = act(console, "replay_messages", failed, unsent, REMOTE_ADDR="10.3.3.3")
@@ -111,8 +149,9 @@ def test_replaying_a_failed_message_puts_it_back_in_the_outbox(console, staff_us
         row.refresh_from_db()
         # Replaying asks the model again: an earlier reply (here: one that could not be sent) is dropped.
         assert (row.status, row.error, row.reply_text, row.parts_sent) == (MessageStatus.RECEIVED, "", "", 0)
-    assert sorted(queue()) == sorted([("routing.tasks.handle_message", [failed.pk]),
-                                      ("routing.tasks.handle_message", [unsent.pk])])
+    assert sorted(queue()) == sorted(
+        [("routing.tasks.handle_message", [failed.pk]), ("routing.tasks.handle_message", [unsent.pk])]
+    )
     assert [str(m) for m in get_messages(response.wsgi_request)] == ["Replaying 2 messages: queued for the worker."]
 
     [entry] = LogEntry.objects.filter(object_pk=str(failed.pk), content_type__model="inboundmessage")
@@ -142,13 +181,21 @@ def test_resending_keeps_the_reply_and_sends_it_again(console, rows, queue, djan
     rows["replied"].refresh_from_db()
     rows["failed"].refresh_from_db()
     assert (rows["unsent"].status, rows["unsent"].reply_text, rows["unsent"].parts_sent, rows["unsent"].error) == (
-        MessageStatus.RECEIVED, "the answer", 0, "")
+        MessageStatus.RECEIVED,
+        "the answer",
+        0,
+        "",
+    )
     assert (rows["replied"].status, rows["replied"].reply_text, rows["replied"].parts_sent) == (
-        MessageStatus.RECEIVED, "hi there", 0)
+        MessageStatus.RECEIVED,
+        "hi there",
+        0,
+    )
     # A failed message without a reply has nothing to re-send: replaying is the way.
     assert rows["failed"].status == MessageStatus.FAILED
-    assert sorted(queue()) == sorted([("routing.tasks.handle_message", [rows["unsent"].pk]),
-                                      ("routing.tasks.handle_message", [rows["replied"].pk])])
+    assert sorted(queue()) == sorted(
+        [("routing.tasks.handle_message", [rows["unsent"].pk]), ("routing.tasks.handle_message", [rows["replied"].pk])]
+    )
     entries = LogEntry.objects.filter(content_type__model="inboundmessage")
     assert {e.additional_data["console_action"] for e in entries} == {"resend"} and entries.count() == 2
 

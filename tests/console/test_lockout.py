@@ -133,10 +133,13 @@ def test_the_limit_is_a_setting(client, staff_user, totp_device, settings, limit
 def test_sign_in_still_works_when_redis_is_down(client, staff_user, totp_device, settings):
     # Fail open: the console must stay reachable to repair things; django-otp still
     # pauses a device after every wrong code.
-    settings.CACHES = {"default": {
-        "BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0",
-        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 0.5},
-    }}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 0.5},
+        }
+    }
     assert b"do not match" in wrong_password(client).content
     sign_in(client, "alice", totp_device)
     assert client.get("/admin/").status_code == 200

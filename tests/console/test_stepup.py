@@ -23,8 +23,9 @@ SECRET = "app-secret-0123456789"
 
 @pytest.fixture
 def bot(make_bot) -> Bot:
-    return make_bot(name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456",
-                    encoding_aes_key=BOT_AES_KEY)
+    return make_bot(
+        name="helpdesk", app_id="ww0001", app_secret=SECRET, token="tok-123456", encoding_aes_key=BOT_AES_KEY
+    )
 
 
 def reveal_url(bot: Bot) -> str:
@@ -40,8 +41,10 @@ def step_up(client, device, next_url: str):
 
 
 def change_form(bot: Bot, **changes) -> dict:
-    return bot_form(bot.name, **{"app_id": bot.app_id, "app_secret": "", "token": "", "encoding_aes_key": "",
-                                    "allowed_ips": "[]", **changes})
+    return bot_form(
+        bot.name,
+        **{"app_id": bot.app_id, "app_secret": "", "token": "", "encoding_aes_key": "", "allowed_ips": "[]", **changes},
+    )
 
 
 # -- revealing a secret ------------------------------------------------------------------
@@ -94,8 +97,9 @@ def test_a_code_counts_as_fresh_for_five_minutes(console, bot, age, fresh):
 
 
 def test_a_wrong_step_up_code_is_refused_and_audited(stale_console, staff_user, totp_device, bot):
-    response = stale_console.post(STEP_UP, {"code": "000000" if fresh_code(totp_device) != "000000" else "111111",
-                                            "next": reveal_url(bot)})
+    response = stale_console.post(
+        STEP_UP, {"code": "000000" if fresh_code(totp_device) != "000000" else "111111", "next": reveal_url(bot)}
+    )
     assert response.status_code == 200
     assert b"That code is not valid" in response.content
     [failed] = events(AuthEventKind.STEP_UP_FAILED)
@@ -167,8 +171,9 @@ def test_changing_a_bot_secret_with_an_old_code_saves_nothing_and_says_so(stale_
 
 def test_other_bot_changes_need_no_fresh_code(stale_console, bot):
     # Blank secret fields keep the stored values; typing the stored value is no change either.
-    response = stale_console.post(f"/admin/bots/bot/{bot.pk}/change/",
-                                  change_form(bot, system_prompt="be kind", app_secret=SECRET))
+    response = stale_console.post(
+        f"/admin/bots/bot/{bot.pk}/change/", change_form(bot, system_prompt="be kind", app_secret=SECRET)
+    )
     assert response.status_code == 302 and response["Location"] == "/admin/bots/bot/"
     bot.refresh_from_db()
     assert bot.system_prompt == "be kind" and bot.app_secret == SECRET
@@ -181,11 +186,20 @@ def test_a_new_bot_needs_no_fresh_code(stale_console):
 
 
 def test_changing_a_model_api_key_needs_a_fresh_code(stale_console):
-    backend = ModelBackend.objects.create(name="gpt", kind="openai", base_url="http://127.0.0.1:9/v1", model="m",
-                                          api_key="sk-old")
+    backend = ModelBackend.objects.create(
+        name="gpt", kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key="sk-old"
+    )
     change = f"/admin/routing/modelbackend/{backend.pk}/change/"
-    form = {"name": "gpt", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "sk-new",
-            "timeout": "30", "max_tokens": "", "enabled": "on"}
+    form = {
+        "name": "gpt",
+        "kind": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "api_key": "sk-new",
+        "timeout": "30",
+        "max_tokens": "",
+        "enabled": "on",
+    }
     assert sent_to_step_up(stale_console.post(change, form), change)
     backend.refresh_from_db()
     assert backend.api_key == "sk-old"
@@ -202,8 +216,9 @@ def test_deleting_a_bot_needs_a_fresh_code(stale_console, totp_device, bot):
     delete = f"/admin/bots/bot/{bot.pk}/delete/"
     assert sent_to_step_up(stale_console.get(delete), delete)
     assert sent_to_step_up(stale_console.post(delete, {"post": "yes"}), delete)
-    response = stale_console.post("/admin/bots/bot/", {"action": "delete_selected", "_selected_action": [bot.pk],
-                                                       "post": "yes"})
+    response = stale_console.post(
+        "/admin/bots/bot/", {"action": "delete_selected", "_selected_action": [bot.pk], "post": "yes"}
+    )
     assert sent_to_step_up(response, "/admin/bots/bot/")
     assert Bot.objects.filter(pk=bot.pk).exists()
 
@@ -218,8 +233,13 @@ def test_deleting_a_bot_needs_a_fresh_code(stale_console, totp_device, bot):
 def test_creating_or_rotating_an_api_key_needs_a_fresh_code(stale_console):
     add = "/admin/bots/apikey/add/"
     assert sent_to_step_up(stale_console.get(add), add)
-    form = {"name": "crm", "scopes": ["chat"], "allowed_cidrs": "[]",
-            "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00"}
+    form = {
+        "name": "crm",
+        "scopes": ["chat"],
+        "allowed_cidrs": "[]",
+        "expires_at_0": "2030-01-01",
+        "expires_at_1": "00:00:00",
+    }
     assert sent_to_step_up(stale_console.post(add, form), add)
     assert not ApiKey.objects.exists()
 

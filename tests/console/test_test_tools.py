@@ -45,8 +45,15 @@ def bot(db, model, wecom) -> Bot:
     main = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m-main")
     billing = ModelBackend.objects.create(name="billing", kind="openai", base_url=f"{model.url}/v1", model="m-bill")
     bot = Bot.objects.create(
-        name="helpdesk", platform="wecom", app_id="wwcorp0001", app_secret="corp-secret", token=secrets.token_hex(8),
-        encoding_aes_key=aes_key(), api_base_url=wecom.url, extra={"agent_id": 1000002}, default_backend=main,
+        name="helpdesk",
+        platform="wecom",
+        app_id="wwcorp0001",
+        app_secret="corp-secret",
+        token=secrets.token_hex(8),
+        encoding_aes_key=aes_key(),
+        api_base_url=wecom.url,
+        extra={"agent_id": 1000002},
+        default_backend=main,
         system_prompt="Answer briefly.",
     )
     RoutingRule.objects.create(bot=bot, priority=10, match="keyword", pattern="invoice", backend=billing)
@@ -103,7 +110,8 @@ def test_a_test_message_says_plainly_why_there_is_no_answer(console, bot, model)
     bot.save()
     page = send_test_message(console, bot, "hello")
     assert "no routing rule matched and it has no enabled default backend; set one in the console" in text_of(
-        page, "test-error")
+        page, "test-error"
+    )
     assert model.received() == []
 
     ModelBackend.objects.filter(name="main").update(base_url="http://127.0.0.1:9/v1")
@@ -215,8 +223,9 @@ def test_the_check_calls_from_inside_the_bots_allowlist(console, bot):
 
 @pytest.mark.parametrize("encrypt_key", ["", "feishu-encrypt-key-1234"])
 def test_a_feishu_bot_passes_with_or_without_an_encrypt_key(console, encrypt_key):
-    bot = Bot.objects.create(name="lark", platform="feishu", app_id="cli_1", token="verify-token-1",
-                             encoding_aes_key=encrypt_key)
+    bot = Bot.objects.create(
+        name="lark", platform="feishu", app_id="cli_1", token="verify-token-1", encoding_aes_key=encrypt_key
+    )
     summary, findings = check(console, bot)
     assert summary == "The callback setup works."
     [ok] = [text for status, text in findings if status == "ok"]

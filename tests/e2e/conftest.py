@@ -40,13 +40,30 @@ class CeleryWorker:
         )
         queue = os.environ["CELERY_TASK_DEFAULT_QUEUE"]
         self.process = start_group(
-            ["celery", "-A", "config", "worker", "-Q", queue,
-             *(["-c", str(self.concurrency)] if self.concurrency is not None else []),
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
-            env, self.log,
+            [
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                queue,
+                *(["-c", str(self.concurrency)] if self.concurrency is not None else []),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "INFO",
+            ],
+            env,
+            self.log,
         )
-        wait_until(lambda: "ready." in self.log.read_text(errors="replace"), timeout=60,
-                   what="celery worker ready", interval=0.2, alive=self.process)
+        wait_until(
+            lambda: "ready." in self.log.read_text(errors="replace"),
+            timeout=60,
+            what="celery worker ready",
+            interval=0.2,
+            alive=self.process,
+        )
         return self
 
     def kill_hard(self) -> None:

@@ -38,16 +38,34 @@ def model():
 @pytest.fixture
 def bot(transactional_db, dingtalk, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
-    return Bot.objects.create(name="dingtalk-helpdesk", platform="dingtalk", app_id=APP_KEY, app_secret=APP_SECRET,
-                              api_base_url=dingtalk.url, default_backend=backend)
+    return Bot.objects.create(
+        name="dingtalk-helpdesk",
+        platform="dingtalk",
+        app_id=APP_KEY,
+        app_secret=APP_SECRET,
+        api_base_url=dingtalk.url,
+        default_backend=backend,
+    )
 
 
-def callback(dingtalk: FakeDingTalk, msg_id: str, text: str, *, group: bool = False, mentioned: bool = True,
-             webhook_lifetime_ms: int = 5_400_000, secret: str = APP_SECRET) -> tuple[dict, bytes]:
+def callback(
+    dingtalk: FakeDingTalk,
+    msg_id: str,
+    text: str,
+    *,
+    group: bool = False,
+    mentioned: bool = True,
+    webhook_lifetime_ms: int = 5_400_000,
+    secret: str = APP_SECRET,
+) -> tuple[dict, bytes]:
     conversation = "cidGroupE2E==" if group else "cidp2pE2E=="
     message = dingtalk_message(
-        text, msg_id=msg_id, conversation_type="2" if group else "1", conversation_id=conversation,
-        robot_code=APP_KEY, in_at_list=mentioned if group else None,
+        text,
+        msg_id=msg_id,
+        conversation_type="2" if group else "1",
+        conversation_id=conversation,
+        robot_code=APP_KEY,
+        in_at_list=mentioned if group else None,
         session=dingtalk.open_session(conversation, "2" if group else "1", webhook_lifetime_ms),
     )
     return dingtalk_callback(message, secret)
@@ -58,8 +76,7 @@ def post(client, bot: Bot, headers: dict, body: bytes):
     return client.post(bot.callback_path, data=body, content_type="application/json", headers=headers)
 
 
-def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_callbacks_none(client, bot, dingtalk,
-                                                                                 celery_worker):
+def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_callbacks_none(client, bot, dingtalk, celery_worker):
     headers, body = callback(dingtalk, "msg-e2e-1", "hello")
     assert post(client, bot, headers, body).status_code == 200
     [reply] = dingtalk.wait_for(SENT, 1)
@@ -75,7 +92,8 @@ def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_callbacks_non
     assert len(dingtalk.received(SENT)) == 1
     assert [(m["via"], m["conversation_id"]) for m in dingtalk.sent] == [("session", "cidp2pE2E==")]
     assert list(InboundMessage.objects.values_list("platform_message_id", "status")) == [
-        ("msg-e2e-1", MessageStatus.REPLIED)]
+        ("msg-e2e-1", MessageStatus.REPLIED)
+    ]
     assert dingtalk.token_requests() == 0  # the sessionWebhook needs no token
 
 
@@ -90,8 +108,9 @@ def test_after_the_session_webhook_expires_the_robot_api_answers(client, bot, di
 
 
 def test_in_a_group_only_the_mention_is_answered(client, bot, dingtalk, celery_worker):
-    assert post(client, bot, *callback(dingtalk, "msg-e2e-4", "chatter", group=True, mentioned=False)).status_code \
-        == 200
+    assert (
+        post(client, bot, *callback(dingtalk, "msg-e2e-4", "chatter", group=True, mentioned=False)).status_code == 200
+    )
     assert post(client, bot, *callback(dingtalk, "msg-e2e-5", " 总结一下", group=True)).status_code == 200
     [reply] = dingtalk.wait_for(SENT, 1)
     assert reply.json()["text"]["content"] == "[m1] 总结一下 (history=0)"

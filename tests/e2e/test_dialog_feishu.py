@@ -30,15 +30,20 @@ def bot(transactional_db, feishu) -> Bot:
     model = FakeModel().start()
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     yield Bot.objects.create(
-        name="feishu-helpdesk", platform="feishu", app_id="cli_fake_app", app_secret="fake-app-secret",
-        token=VERIFICATION_TOKEN, encoding_aes_key=ENCRYPT_KEY, api_base_url=feishu.url, default_backend=backend,
+        name="feishu-helpdesk",
+        platform="feishu",
+        app_id="cli_fake_app",
+        app_secret="fake-app-secret",
+        token=VERIFICATION_TOKEN,
+        encoding_aes_key=ENCRYPT_KEY,
+        api_base_url=feishu.url,
+        default_backend=backend,
     )
     model.stop()
 
 
 def deliver(client, bot: Bot, message_id: str, text: str, chat_type: str = "p2p", mentions=None) -> None:
-    event = feishu_event(bot.app_id, VERIFICATION_TOKEN, message_id, "oc_chat1", chat_type, "ou_user1", text,
-                         mentions)
+    event = feishu_event(bot.app_id, VERIFICATION_TOKEN, message_id, "oc_chat1", chat_type, "ou_user1", text, mentions)
     headers, body = feishu_callback(event, ENCRYPT_KEY)
     headers.pop("Content-Type")
     response = client.post(bot.callback_path, data=body, content_type="application/json", headers=headers)
@@ -53,8 +58,14 @@ def test_feishu_messages_are_answered_in_thread_once_with_context(client, bot, f
     assert reply.json()["content"] == '{"text": "[m1] hello (history=0)"}'
 
     deliver(client, bot, "om_1", "hello")  # Feishu re-pushes an event it thinks we missed
-    deliver(client, bot, "om_2", "@_user_1 and now?", chat_type="group",
-            mentions=[{"key": "@_user_1", "open_id": "ou_bot", "name": "Helpdesk"}])
+    deliver(
+        client,
+        bot,
+        "om_2",
+        "@_user_1 and now?",
+        chat_type="group",
+        mentions=[{"key": "@_user_1", "open_id": "ou_bot", "name": "Helpdesk"}],
+    )
     replies = feishu.wait_for(r"/reply$", 2)
     assert replies[1].path == "/open-apis/im/v1/messages/om_2/reply"
     # Context is per chat and sender: the same chat id and user as the first turn.

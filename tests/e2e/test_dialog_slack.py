@@ -37,8 +37,12 @@ def model():
 def bot(transactional_db, slack, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     return Bot.objects.create(
-        name="slack-helpdesk", platform="slack", app_secret=SIGNING_SECRET, token=DEFAULT_BOT_TOKEN,
-        api_base_url=slack.url, default_backend=backend,
+        name="slack-helpdesk",
+        platform="slack",
+        app_secret=SIGNING_SECRET,
+        token=DEFAULT_BOT_TOKEN,
+        api_base_url=slack.url,
+        default_backend=backend,
     )
 
 
@@ -85,22 +89,30 @@ def test_forged_and_replayed_callbacks_get_no_reply(client, bot, slack, celery_w
     forged = slack_event("message", "D0DIRECT01", "U0MALLORY1", "forged question", ts="1732546100.000100")
     assert post(client, bot, *slack_callback(forged, "a guessed secret")).status_code == 401
 
-    mention = slack_event("app_mention", "C0GENERAL1", "U0ALICE001", "<@U0FAKEBOT1> real question",
-                          ts="1732546200.000200")
+    mention = slack_event(
+        "app_mention", "C0GENERAL1", "U0ALICE001", "<@U0FAKEBOT1> real question", ts="1732546200.000200"
+    )
     signed = slack_callback(mention, SIGNING_SECRET)
     assert post(client, bot, *signed).status_code == 200
     [sent] = slack.wait_for(POST_MESSAGE, 1)
-    assert sent.json() == {"channel": "C0GENERAL1", "text": "[m1] real question (history=0)",
-                           "thread_ts": "1732546200.000200"}
+    assert sent.json() == {
+        "channel": "C0GENERAL1",
+        "text": "[m1] real question (history=0)",
+        "thread_ts": "1732546200.000200",
+    }
 
     assert post(client, bot, *signed).status_code == 200  # the captured request, sent again: a re-delivery
-    stale = slack_callback(slack_event("message", "D0DIRECT01", "U0ALICE001", "old", ts="1732546300.000300"),
-                           SIGNING_SECRET, timestamp=int(time.time()) - 600)
+    stale = slack_callback(
+        slack_event("message", "D0DIRECT01", "U0ALICE001", "old", ts="1732546300.000300"),
+        SIGNING_SECRET,
+        timestamp=int(time.time()) - 600,
+    )
     assert post(client, bot, *stale).status_code == 401
     time.sleep(1.5)
     assert len(slack.received(POST_MESSAGE)) == 1
     assert list(InboundMessage.objects.values_list("platform_message_id", flat=True)) == [
-        "C0GENERAL1:1732546200.000200"]
+        "C0GENERAL1:1732546200.000200"
+    ]
 
 
 def test_a_long_answer_arrives_whole_in_several_messages_of_one_thread(client, bot, slack, model, celery_worker):

@@ -36,8 +36,15 @@ def model():
 @pytest.fixture
 def bot(transactional_db, telegram, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
-    return Bot.objects.create(name="telegram-helpdesk", platform="telegram", token=TOKEN, app_secret=SECRET,
-                              api_base_url=telegram.url, extra={"bot_username": USERNAME}, default_backend=backend)
+    return Bot.objects.create(
+        name="telegram-helpdesk",
+        platform="telegram",
+        token=TOKEN,
+        app_secret=SECRET,
+        api_base_url=telegram.url,
+        extra={"bot_username": USERNAME},
+        default_backend=backend,
+    )
 
 
 def post(client, bot: Bot, headers: dict, body: bytes):
@@ -45,14 +52,16 @@ def post(client, bot: Bot, headers: dict, body: bytes):
     return client.post(bot.callback_path, data=body, content_type="application/json", headers=headers)
 
 
-def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_updates_none(client, bot, telegram,
-                                                                               celery_worker):
+def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_updates_none(client, bot, telegram, celery_worker):
     headers, body = telegram_callback(telegram_update("hello", chat_id=4242, message_id=7), SECRET)
     assert post(client, bot, headers, body).status_code == 200
     [reply] = telegram.wait_for(r"/sendMessage$", 1)
     assert reply.path == f"/bot{TOKEN}/sendMessage"
-    assert reply.json() == {"chat_id": 4242, "text": "[m1] hello (history=0)",
-                            "reply_parameters": {"message_id": 7, "allow_sending_without_reply": True}}
+    assert reply.json() == {
+        "chat_id": 4242,
+        "text": "[m1] hello (history=0)",
+        "reply_parameters": {"message_id": 7, "allow_sending_without_reply": True},
+    }
 
     # Telegram's redelivery and an attacker's replay look the same: acknowledged, not answered.
     assert post(client, bot, headers, body).status_code == 200
@@ -61,15 +70,17 @@ def test_one_message_gets_exactly_one_reply_and_forged_or_replayed_updates_none(
     time.sleep(1.0)  # room for a wrong second reply to arrive
     assert len(telegram.received(r"/sendMessage$")) == 1
     assert list(InboundMessage.objects.values_list("platform_message_id", "status")) == [
-        ("4242:7", MessageStatus.REPLIED)]
+        ("4242:7", MessageStatus.REPLIED)
+    ]
 
 
 def test_in_a_group_only_the_mention_is_answered(client, bot, telegram, celery_worker):
     chatter = telegram_update("lunch?", chat_id=-100555, chat_type="supergroup", message_id=30)
     assert post(client, bot, *telegram_callback(chatter, SECRET)).status_code == 200
     text = f"@{USERNAME} what is 2+2?"
-    question = telegram_update(text, chat_id=-100555, chat_type="supergroup", message_id=31,
-                               entities=[entity(text, f"@{USERNAME}")])
+    question = telegram_update(
+        text, chat_id=-100555, chat_type="supergroup", message_id=31, entities=[entity(text, f"@{USERNAME}")]
+    )
     assert post(client, bot, *telegram_callback(question, SECRET)).status_code == 200
     [reply] = telegram.wait_for(r"/sendMessage$", 1)
     assert reply.json()["text"] == "[m1] what is 2+2? (history=0)"

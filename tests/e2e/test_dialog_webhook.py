@@ -36,8 +36,11 @@ def model():
 def bot(transactional_db, receiver, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     return Bot.objects.create(
-        name="helpdesk-hook", platform="webhook", app_secret=SECRET,
-        extra={"outbound_url": receiver.outbound_url}, default_backend=backend,
+        name="helpdesk-hook",
+        platform="webhook",
+        app_secret=SECRET,
+        extra={"outbound_url": receiver.outbound_url},
+        default_backend=backend,
     )
 
 
@@ -66,10 +69,18 @@ def test_one_message_gets_exactly_one_signed_reply(client, bot, receiver, celery
 
     [request] = receiver.wait_for(REPLY_PATH, 1)
     row = wait_for_status("t-1-c-1", MessageStatus.REPLIED)
-    assert receiver.delivered == [{
-        "id": request.headers["idempotency-key"], "in_reply_to": "t-1-c-1", "conversation": "ticket-1",
-        "user": "customer-7", "text": "[m1] hello (history=0)", "part": 1, "parts": 1, "metadata": {"ticket": 1},
-    }]
+    assert receiver.delivered == [
+        {
+            "id": request.headers["idempotency-key"],
+            "in_reply_to": "t-1-c-1",
+            "conversation": "ticket-1",
+            "user": "customer-7",
+            "text": "[m1] hello (history=0)",
+            "part": 1,
+            "parts": 1,
+            "metadata": {"ticket": 1},
+        }
+    ]
     assert request.headers["idempotency-key"].endswith(f"-{row.pk}-0")
 
     # The sender's retry of the same id, signed anew: accepted, not answered again.
@@ -88,8 +99,9 @@ def test_forged_and_replayed_messages_get_no_reply(client, bot, receiver, celery
     assert post(client, bot, *signed).status_code == 202
     receiver.wait_for(REPLY_PATH, 1)
     assert post(client, bot, *signed).status_code == 202  # the captured request, sent again: a re-delivery
-    stale = webhook_callback(webhook_message("t-4-c-1", "ticket-4", "customer-9", "old"), SECRET,
-                             timestamp=int(time.time()) - 600)
+    stale = webhook_callback(
+        webhook_message("t-4-c-1", "ticket-4", "customer-9", "old"), SECRET, timestamp=int(time.time()) - 600
+    )
     assert post(client, bot, *stale).status_code == 401
     time.sleep(1.5)
     assert [r["in_reply_to"] for r in receiver.delivered] == ["t-3-c-1"]
@@ -100,8 +112,10 @@ def test_forged_and_replayed_messages_get_no_reply(client, bot, receiver, celery
 def test_a_long_answer_arrives_as_numbered_parts_in_order(client, bot, receiver, model, celery_worker):
     paragraphs = [f"Section {n}. " + "Lorem ipsum dolor sit amet. " * 214 for n in range(4)]  # ~6,000 chars each
     model.answer = lambda request: "\n\n".join(paragraphs)
-    assert post(client, bot, *webhook_callback(webhook_message("t-5", "c-5", "u-5", "everything"), SECRET)
-                ).status_code == 202
+    assert (
+        post(client, bot, *webhook_callback(webhook_message("t-5", "c-5", "u-5", "everything"), SECRET)).status_code
+        == 202
+    )
     row = wait_for_status("t-5", MessageStatus.REPLIED)
     delivered = receiver.delivered
     assert len(delivered) == row.parts_sent == 2
@@ -112,8 +126,10 @@ def test_a_long_answer_arrives_as_numbered_parts_in_order(client, bot, receiver,
 
 def test_a_busy_receiver_is_retried_after_its_retry_after(client, bot, receiver, model, celery_worker):
     receiver.plan(REPLY_PATH, Fault(503, {"error": "maintenance"}, headers={"Retry-After": "1"}))
-    assert post(client, bot, *webhook_callback(webhook_message("t-6", "c-6", "u-6", "patience"), SECRET)
-                ).status_code == 202
+    assert (
+        post(client, bot, *webhook_callback(webhook_message("t-6", "c-6", "u-6", "patience"), SECRET)).status_code
+        == 202
+    )
     attempts = receiver.wait_for(REPLY_PATH, 2, timeout=30)
     row = wait_for_status("t-6", MessageStatus.REPLIED)
     assert attempts[1].at - attempts[0].at >= 0.9  # the receiver's Retry-After, not an immediate retry

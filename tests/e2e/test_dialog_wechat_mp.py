@@ -52,10 +52,15 @@ def model():
 def make_bot(wechat: FakeWeChatMP, model: FakeModel, customer_service: bool) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     return Bot.objects.create(
-        name=f"mp-{'cs' if customer_service else 'passive'}", platform="wechat_mp", app_id=DEFAULT_APP_ID,
-        app_secret=DEFAULT_APP_SECRET, token=secrets.token_urlsafe(12),
-        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43], api_base_url=wechat.url,
-        extra={"customer_service_api": customer_service}, default_backend=backend,
+        name=f"mp-{'cs' if customer_service else 'passive'}",
+        platform="wechat_mp",
+        app_id=DEFAULT_APP_ID,
+        app_secret=DEFAULT_APP_SECRET,
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=wechat.url,
+        extra={"customer_service_api": customer_service},
+        default_backend=backend,
     )
 
 
@@ -190,8 +195,9 @@ def test_a_model_slower_than_one_delivery_answers_in_wechats_redelivery(client, 
     assert server.message("thanks", 3002).shown == "[m1] thanks (history=2)"
 
 
-def test_a_model_slower_than_all_deliveries_answers_with_the_next_message(client, passive_bot, model, settings,
-                                                                          celery_worker):
+def test_a_model_slower_than_all_deliveries_answers_with_the_next_message(
+    client, passive_bot, model, settings, celery_worker
+):
     # Every wait shortened about ten-fold: WeChat's 5 s deadline becomes 0.55 s.
     settings.WECHAT_PASSIVE_WAIT_MS, settings.WECHAT_PASSIVE_HOLD_MS = 400, 700
     model.delay = 3.0
@@ -217,8 +223,10 @@ def test_a_model_slower_than_all_deliveries_answers_with_the_next_message(client
 def test_a_long_passive_answer_continues_with_the_next_messages(client, passive_bot, model, celery_worker):
     paragraphs = [f"第{n}段：" + "内容" * 150 for n in range(5)]  # about 900 bytes each
     model.answer = lambda request: (
-        "\n\n".join(paragraphs) if "everything" in request["messages"][-1]["content"]
-        else f"ok: {request['messages'][-1]['content']}")
+        "\n\n".join(paragraphs)
+        if "everything" in request["messages"][-1]["content"]
+        else f"ok: {request['messages'][-1]['content']}"
+    )
     server = WeChatServer(client, passive_bot)
 
     shown = [server.message("tell me everything", 5001).shown]

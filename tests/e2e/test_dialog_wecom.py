@@ -38,9 +38,15 @@ def model():
 def bot(transactional_db, wecom, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     return Bot.objects.create(
-        name="helpdesk", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-        api_base_url=wecom.url, extra={"agent_id": 1000002}, default_backend=backend,
+        name="helpdesk",
+        platform="wecom",
+        app_id=DEFAULT_CORP_ID,
+        app_secret=DEFAULT_CORP_SECRET,
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=wecom.url,
+        extra={"agent_id": 1000002},
+        default_backend=backend,
     )
 
 
@@ -120,8 +126,9 @@ def test_a_model_that_always_fails_leaves_a_failed_row_with_the_reason(client, b
 
 
 def test_a_rule_fallback_answers_when_its_backend_is_down(client, bot, wecom, model, celery_worker):
-    dead = ModelBackend.objects.create(name="dead", kind="openai", base_url="http://127.0.0.1:9/v1", model="x",
-                                       timeout=1)
+    dead = ModelBackend.objects.create(
+        name="dead", kind="openai", base_url="http://127.0.0.1:9/v1", model="x", timeout=1
+    )
     spare = ModelBackend.objects.create(name="spare", kind="openai", base_url=f"{model.url}/v1", model="spare")
     RoutingRule.objects.create(bot=bot, match="always", backend=dead, fallback_backend=spare)
     deliver(client, bot, "hi", 5101)
@@ -164,7 +171,8 @@ def test_thirty_messages_to_a_ten_qps_bot_all_arrive_at_ten_per_second(client, b
         assert time.monotonic() - started < 3  # the burst arrives faster than the bot may answer
         sends = wecom.wait_for(r"/message/send", 30, timeout=60)
     assert sorted(r.json()["text"]["content"] for r in sends) == sorted(
-        f"[m1] burst {n} (history=0)" for n in range(30))
+        f"[m1] burst {n} (history=0)" for n in range(30)
+    )
     times = sorted(r.at for r in sends)
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 10, f"{busiest} sends within one second"
@@ -207,9 +215,15 @@ def test_a_slow_paced_bot_with_a_backlog_does_not_hold_up_another_bot(client, bo
     their send slots instead of sleeping in the two worker processes, so a message to
     another bot, right behind them in the queue, is answered at once."""
     noisy = Bot.objects.create(
-        name="noisy", platform="wecom", app_id=bot.app_id, app_secret=DEFAULT_CORP_SECRET,
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-        api_base_url=wecom.url, extra={"agent_id": 1000002}, default_backend=bot.default_backend,
+        name="noisy",
+        platform="wecom",
+        app_id=bot.app_id,
+        app_secret=DEFAULT_CORP_SECRET,
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=wecom.url,
+        extra={"agent_id": 1000002},
+        default_backend=bot.default_backend,
         rate_limit_qps=1,
     )
     with CeleryWorker(concurrency=2):
@@ -238,7 +252,8 @@ def test_the_deployed_worker_pool_waits_on_many_model_calls_at_once(client, bot,
         sends = wecom.wait_for(r"/message/send", 8, timeout=60)
     assert model.most_in_flight == 8, f"at most {model.most_in_flight} model calls were waited on at once"
     assert sorted(r.json()["text"]["content"] for r in sends) == sorted(
-        f"[m1] slow question {n} (history=0)" for n in range(8))
+        f"[m1] slow question {n} (history=0)" for n in range(8)
+    )
 
 
 def test_the_worker_pool_size_comes_from_the_environment(transactional_db):

@@ -80,14 +80,18 @@ class FakeDingTalk(FakeServer):
         with self._state:
             self.apps[app_key] = (app_secret, robot_code or app_key)
 
-    def open_session(self, conversation_id: str, conversation_type: str = "1",
-                     lifetime_ms: int = SESSION_LIFETIME_MS) -> tuple[str, int]:
+    def open_session(
+        self, conversation_id: str, conversation_type: str = "1", lifetime_ms: int = SESSION_LIFETIME_MS
+    ) -> tuple[str, int]:
         """A sessionWebhook for a conversation, as a callback carries it: (url, expires at ms)."""
         session = secrets.token_hex(16)
         expires = int(time.time() * 1000) + lifetime_ms
         with self._state:
-            self._sessions[session] = {"conversation_id": conversation_id, "conversation_type": conversation_type,
-                                       "expires_ms": expires}
+            self._sessions[session] = {
+                "conversation_id": conversation_id,
+                "conversation_type": conversation_type,
+                "expires_ms": expires,
+            }
         return f"{self.url}/robot/sendBySession?session={session}", expires
 
     def expire_sessions(self) -> None:
@@ -157,10 +161,23 @@ class FakeDingTalk(FakeServer):
         invalid = [u for u in user_ids if self.staff is not None and u not in self.staff]
         delivered = [u for u in user_ids if u not in invalid and u not in limited]
         if delivered:
-            self.sent.append({"via": "oto", "conversation_id": None, "user_ids": delivered,
-                              "text": _text_of(body["msgKey"], body["msgParam"]), "at": time.time()})
-        return Response(200, {"processQueryKey": secrets.token_urlsafe(24), "invalidStaffIdList": invalid,
-                              "flowControlledStaffIdList": limited})
+            self.sent.append(
+                {
+                    "via": "oto",
+                    "conversation_id": None,
+                    "user_ids": delivered,
+                    "text": _text_of(body["msgKey"], body["msgParam"]),
+                    "at": time.time(),
+                }
+            )
+        return Response(
+            200,
+            {
+                "processQueryKey": secrets.token_urlsafe(24),
+                "invalidStaffIdList": invalid,
+                "flowControlledStaffIdList": limited,
+            },
+        )
 
     def group_send(self, record: Recorded, match: re.Match) -> Response:
         body = record.json()
@@ -172,8 +189,15 @@ class FakeDingTalk(FakeServer):
             return _error(400, "invalid.openConversationId", "无效的openConversationId")
         if conversation in self.groups_without_robot:
             return _error(400, "invalidParameter.robotCode.notExsit", "机器人不存在")
-        self.sent.append({"via": "group", "conversation_id": conversation, "user_ids": None,
-                          "text": _text_of(body["msgKey"], body["msgParam"]), "at": time.time()})
+        self.sent.append(
+            {
+                "via": "group",
+                "conversation_id": conversation,
+                "user_ids": None,
+                "text": _text_of(body["msgKey"], body["msgParam"]),
+                "at": time.time(),
+            }
+        )
         return Response(200, {"processQueryKey": secrets.token_urlsafe(24)})
 
     def send_by_session(self, record: Recorded, match: re.Match) -> Response:
@@ -186,8 +210,15 @@ class FakeDingTalk(FakeServer):
         text = _dict_get(body, "text", "content")
         if not isinstance(body, dict) or body.get("msgtype") != "text" or not isinstance(text, str):
             return Response(200, {"errcode": 400105, "errmsg": "this fake speaks msgtype text only"})
-        self.sent.append({"via": "session", "conversation_id": session["conversation_id"], "user_ids": None,
-                          "text": text, "at": time.time()})
+        self.sent.append(
+            {
+                "via": "session",
+                "conversation_id": session["conversation_id"],
+                "user_ids": None,
+                "text": text,
+                "at": time.time(),
+            }
+        )
         return Response(200, {"errcode": 0, "errmsg": "ok"})
 
 
@@ -215,8 +246,10 @@ def dingtalk_message(
 ) -> dict:
     """A robot callback body for a text message. `session` is (sessionWebhook, expiry
     in ms), e.g. from FakeDingTalk.open_session()."""
-    webhook, expires = session or ("https://oapi.dingtalk.com/robot/sendBySession?session=" + secrets.token_hex(16),
-                                   int(time.time() * 1000) + SESSION_LIFETIME_MS)
+    webhook, expires = session or (
+        "https://oapi.dingtalk.com/robot/sendBySession?session=" + secrets.token_hex(16),
+        int(time.time() * 1000) + SESSION_LIFETIME_MS,
+    )
     body = {
         "conversationId": conversation_id,
         "chatbotCorpId": "dingfakecorp0000001",
@@ -237,8 +270,11 @@ def dingtalk_message(
     if sender_staff_id is not None:
         body["senderStaffId"] = sender_staff_id
     if conversation_type == "2":
-        body.update(conversationTitle="Fake group", isInAtList=bool(in_at_list),
-                    atUsers=[{"dingtalkId": body["chatbotUserId"]}] if in_at_list else [])
+        body.update(
+            conversationTitle="Fake group",
+            isInAtList=bool(in_at_list),
+            atUsers=[{"dingtalkId": body["chatbotUserId"]}] if in_at_list else [],
+        )
     return body
 
 
@@ -252,8 +288,11 @@ def dingtalk_sign(timestamp: str, app_secret: str) -> str:
 def dingtalk_callback(message: dict, app_secret: str, timestamp: int | str | None = None) -> tuple[dict, bytes]:
     """(headers, body) of the POST DingTalk makes: the timestamp in ms and its sign."""
     timestamp = str(int(time.time() * 1000) if timestamp is None else timestamp)
-    headers = {"Content-Type": "application/json; charset=utf-8", "timestamp": timestamp,
-               "sign": dingtalk_sign(timestamp, app_secret)}
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "timestamp": timestamp,
+        "sign": dingtalk_sign(timestamp, app_secret),
+    }
     return headers, json.dumps(message, ensure_ascii=False).encode("utf-8")
 
 

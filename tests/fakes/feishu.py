@@ -128,8 +128,12 @@ class FakeFeishu(FakeServer):
                 return app_id
             if self._rate_limits:
                 reset = self._rate_limits.popleft()
-                return _error(429, 99991400, "request trigger frequency limit",
-                              {"x-ogw-ratelimit-limit": "50", "x-ogw-ratelimit-reset": f"{reset:g}"})
+                return _error(
+                    429,
+                    99991400,
+                    "request trigger frequency limit",
+                    {"x-ogw-ratelimit-limit": "50", "x-ogw-ratelimit-reset": f"{reset:g}"},
+                )
         body = record.json()
         if not isinstance(body, dict) or body.get("msg_type") != "text":
             return _error(400, 230001, "invalid request: this fake speaks msg_type text only")
@@ -154,17 +158,33 @@ class FakeFeishu(FakeServer):
                 if earlier is not None and now - earlier[0] < UUID_WINDOW:
                     return Response(200, earlier[1])  # the first result; not delivered again
             message_id = f"om_{secrets.token_hex(16)}"
-            self.sent.append({
-                "message_id": message_id, "app_id": app_id, "chat_id": chat_id, "reply_to": reply_to,
-                "receive_id_type": receive[0] if receive else None, "receive_id": receive[1] if receive else None,
-                "text": text, "uuid": key, "at": now,
-            })
-            answer = {"code": 0, "msg": "success", "data": {
-                "message_id": message_id, "root_id": reply_to or "", "parent_id": reply_to or "",
-                "msg_type": "text", "create_time": str(int(now * 1000)), "chat_id": chat_id or "",
-                "sender": {"id": app_id, "id_type": "app_id", "sender_type": "app"},
-                "body": {"content": content},
-            }}
+            self.sent.append(
+                {
+                    "message_id": message_id,
+                    "app_id": app_id,
+                    "chat_id": chat_id,
+                    "reply_to": reply_to,
+                    "receive_id_type": receive[0] if receive else None,
+                    "receive_id": receive[1] if receive else None,
+                    "text": text,
+                    "uuid": key,
+                    "at": now,
+                }
+            )
+            answer = {
+                "code": 0,
+                "msg": "success",
+                "data": {
+                    "message_id": message_id,
+                    "root_id": reply_to or "",
+                    "parent_id": reply_to or "",
+                    "msg_type": "text",
+                    "create_time": str(int(now * 1000)),
+                    "chat_id": chat_id or "",
+                    "sender": {"id": app_id, "id_type": "app_id", "sender_type": "app"},
+                    "body": {"content": content},
+                },
+            }
             if key:
                 self._by_uuid[(app_id, key)] = (now, answer)
         return Response(200, answer)
@@ -240,11 +260,13 @@ def feishu_callback(
     body = json.dumps({"encrypt": crypto.encrypt(json.dumps(event, ensure_ascii=False), encrypt_key)}).encode()
     timestamp = str(int(time.time()) if timestamp is None else timestamp)
     nonce = secrets.token_hex(8) if nonce is None else nonce
-    headers.update({
-        "X-Lark-Request-Timestamp": timestamp,
-        "X-Lark-Request-Nonce": nonce,
-        "X-Lark-Signature": crypto.signature(timestamp, nonce, encrypt_key, body),
-    })
+    headers.update(
+        {
+            "X-Lark-Request-Timestamp": timestamp,
+            "X-Lark-Request-Nonce": nonce,
+            "X-Lark-Signature": crypto.signature(timestamp, nonce, encrypt_key, body),
+        }
+    )
     return headers, body
 
 

@@ -149,9 +149,12 @@ class FakeServer:
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         record = Recorded(
-            method=handler.command, path=parts.path, query=parse_qs(parts.query),
+            method=handler.command,
+            path=parts.path,
+            query=parse_qs(parts.query),
             headers={k.lower(): v for k, v in handler.headers.items()},
-            body=handler.rfile.read(length) if length else b"", at=time.time(),
+            body=handler.rfile.read(length) if length else b"",
+            at=time.time(),
         )
         with self._lock:
             self.requests.append(record)

@@ -101,13 +101,31 @@ class FakeSlack(FakeServer):
             return _error("not_in_channel")
         with self._state:
             ts = f"{time.time():.6f}"
-            message = {"channel": channel, "text": text[:TEXT_TRUNCATED_AT], "thread_ts": thread_ts, "ts": ts,
-                       "truncated": len(text) > TEXT_TRUNCATED_AT, "token": token}
+            message = {
+                "channel": channel,
+                "text": text[:TEXT_TRUNCATED_AT],
+                "thread_ts": thread_ts,
+                "ts": ts,
+                "truncated": len(text) > TEXT_TRUNCATED_AT,
+                "token": token,
+            }
             self.sent.append(message)
-        return Response(200, {"ok": True, "channel": channel, "ts": ts, "message": {
-            "type": "message", "subtype": "bot_message", "text": message["text"], "ts": ts,
-            "bot_id": "B0FAKEBOT", **({"thread_ts": thread_ts} if thread_ts else {}),
-        }})
+        return Response(
+            200,
+            {
+                "ok": True,
+                "channel": channel,
+                "ts": ts,
+                "message": {
+                    "type": "message",
+                    "subtype": "bot_message",
+                    "text": message["text"],
+                    "ts": ts,
+                    "bot_id": "B0FAKEBOT",
+                    **({"thread_ts": thread_ts} if thread_ts else {}),
+                },
+            },
+        )
 
 
 # -- building callbacks the way Slack's Events API sends them -----------------------------
@@ -134,8 +152,16 @@ def slack_event(
 ) -> dict:
     """An event_callback envelope around one `message` or `app_mention` event."""
     ts = ts or f"{time.time():.6f}"
-    event = {"type": event_type, "text": text, "user": user, "ts": ts, "team": "T0FAKETEAM",
-             "channel": channel, "event_ts": ts, **event_fields}
+    event = {
+        "type": event_type,
+        "text": text,
+        "user": user,
+        "ts": ts,
+        "team": "T0FAKETEAM",
+        "channel": channel,
+        "event_ts": ts,
+        **event_fields,
+    }
     if event_type == "message" or channel_type:
         event["channel_type"] = channel_type or ("im" if channel.startswith("D") else "channel")
     if thread_ts:
@@ -148,8 +174,15 @@ def slack_event(
         "type": "event_callback",
         "event_id": event_id or f"Ev{secrets.token_hex(5).upper()}",
         "event_time": int(float(ts)),
-        "authorizations": [{"enterprise_id": None, "team_id": "T0FAKETEAM", "user_id": bot_user_id,
-                            "is_bot": True, "is_enterprise_install": False}],
+        "authorizations": [
+            {
+                "enterprise_id": None,
+                "team_id": "T0FAKETEAM",
+                "user_id": bot_user_id,
+                "is_bot": True,
+                "is_enterprise_install": False,
+            }
+        ],
         "is_ext_shared_channel": False,
     }
 

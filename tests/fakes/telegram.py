@@ -87,8 +87,12 @@ class FakeTelegram(FakeServer):
         return handler(token, params)
 
     def _bot_user(self, token: str) -> dict:
-        return {"id": int(token.split(":")[0]), "is_bot": True, "first_name": "Switchboard",
-                "username": self.bots[token]}
+        return {
+            "id": int(token.split(":")[0]),
+            "is_bot": True,
+            "first_name": "Switchboard",
+            "username": self.bots[token],
+        }
 
     def _method_getme(self, token: str, params: dict) -> Response:
         return _ok(self._bot_user(token))
@@ -113,16 +117,30 @@ class FakeTelegram(FakeServer):
         if chat_id in self.unknown_chats:
             return _error(400, "Bad Request: chat not found")
         if chat_id in self.migrated_chats:
-            return _error(400, "Bad Request: group chat was upgraded to a supergroup chat",
-                          {"migrate_to_chat_id": self.migrated_chats[chat_id]})
+            return _error(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": self.migrated_chats[chat_id]},
+            )
         message_id = next(self._message_ids)
         now = int(time.time())
-        self.sent.append({"bot": token.split(":")[0], "chat_id": chat_id, "text": text,
-                          "reply_to": reply.get("message_id") if reply else None, "message_id": message_id,
-                          "at": time.time()})
-        result = {"message_id": message_id, "from": self._bot_user(token),
-                  "chat": {"id": chat_id, "type": "private" if isinstance(chat_id, int) and chat_id > 0 else "group"},
-                  "date": now, "text": text}
+        self.sent.append(
+            {
+                "bot": token.split(":")[0],
+                "chat_id": chat_id,
+                "text": text,
+                "reply_to": reply.get("message_id") if reply else None,
+                "message_id": message_id,
+                "at": time.time(),
+            }
+        )
+        result = {
+            "message_id": message_id,
+            "from": self._bot_user(token),
+            "chat": {"id": chat_id, "type": "private" if isinstance(chat_id, int) and chat_id > 0 else "group"},
+            "date": now,
+            "text": text,
+        }
         return _ok(result)
 
     def _method_setwebhook(self, token: str, params: dict) -> Response:
@@ -136,9 +154,12 @@ class FakeTelegram(FakeServer):
         if secret is not None and (not isinstance(secret, str) or not SECRET_TOKEN.fullmatch(secret)):
             return _error(400, "Bad Request: bad webhook: secret token contains unallowed characters")
         with self._state:
-            self.webhooks[token] = {"url": url, "secret_token": secret,
-                                    "allowed_updates": params.get("allowed_updates"),
-                                    "drop_pending_updates": bool(params.get("drop_pending_updates"))}
+            self.webhooks[token] = {
+                "url": url,
+                "secret_token": secret,
+                "allowed_updates": params.get("allowed_updates"),
+                "drop_pending_updates": bool(params.get("drop_pending_updates")),
+            }
         return _ok(True, "Webhook was set")
 
     def _method_deletewebhook(self, token: str, params: dict) -> Response:
@@ -149,8 +170,14 @@ class FakeTelegram(FakeServer):
 
     def _method_getwebhookinfo(self, token: str, params: dict) -> Response:
         webhook = self.webhooks.get(token) or {}
-        return _ok({"url": webhook.get("url", ""), "has_custom_certificate": False, "pending_update_count": 0,
-                    **({"allowed_updates": webhook["allowed_updates"]} if webhook.get("allowed_updates") else {})})
+        return _ok(
+            {
+                "url": webhook.get("url", ""),
+                "has_custom_certificate": False,
+                "pending_update_count": 0,
+                **({"allowed_updates": webhook["allowed_updates"]} if webhook.get("allowed_updates") else {}),
+            }
+        )
 
 
 # -- building updates the way Telegram posts them ---------------------------------------
@@ -175,8 +202,11 @@ def telegram_update(
     message: dict = {
         "message_id": message_id or secrets.randbelow(10**6) + 1,
         "from": {"id": user_id, "is_bot": False, "first_name": "Ada", "username": "ada_l", "language_code": "en"},
-        "chat": {"id": chat_id, "type": chat_type,
-                 **({"first_name": "Ada", "username": "ada_l"} if chat_type == "private" else {"title": "Team"})},
+        "chat": {
+            "id": chat_id,
+            "type": chat_type,
+            **({"first_name": "Ada", "username": "ada_l"} if chat_type == "private" else {"title": "Team"}),
+        },
         "date": int(time.time()),
     }
     if text is not None:
@@ -191,8 +221,12 @@ def telegram_update(
 def entity(text: str, fragment: str, kind: str = "mention", **extra) -> dict:
     """The entity of the first `fragment` in `text`, with UTF-16 offset and length."""
     start = text.index(fragment)
-    return {"offset": len(text[:start].encode("utf-16-le")) // 2,
-            "length": len(fragment.encode("utf-16-le")) // 2, "type": kind, **extra}
+    return {
+        "offset": len(text[:start].encode("utf-16-le")) // 2,
+        "length": len(fragment.encode("utf-16-le")) // 2,
+        "type": kind,
+        **extra,
+    }
 
 
 def telegram_callback(update: dict, secret_token: str | None) -> tuple[dict, bytes]:

@@ -24,8 +24,7 @@ from tests.fakes.server import FakeServer, Recorded, Response, serve_forever
 DEFAULT_SECRET = "fake-shared-secret"
 REPLY_PATH = "/switchboard/replies"
 WINDOW_SECONDS = 300
-REPLY_FIELDS = {"id": str, "in_reply_to": str, "conversation": str, "user": str, "text": str,
-                "part": int, "parts": int}
+REPLY_FIELDS = {"id": str, "in_reply_to": str, "conversation": str, "user": str, "text": str, "part": int, "parts": int}
 
 
 def switchboard_signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -62,8 +61,11 @@ class FakeWebhookReceiver(FakeServer):
             reply = json.loads(record.body)
         except ValueError:
             return Response(400, {"error": "the body is not JSON"})
-        wrong = [name for name, kind in REPLY_FIELDS.items()
-                 if not isinstance(reply, dict) or not isinstance(reply.get(name), kind)]
+        wrong = [
+            name
+            for name, kind in REPLY_FIELDS.items()
+            if not isinstance(reply, dict) or not isinstance(reply.get(name), kind)
+        ]
         if wrong:
             return Response(400, {"error": f"fields missing or of the wrong type: {', '.join(wrong)}"})
         if record.headers.get("idempotency-key") != reply["id"]:

@@ -193,8 +193,9 @@ def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
-def mp_text_xml(openid: str, content: str, msg_id: int | str, account: str = DEFAULT_ACCOUNT,
-                create_time: int | None = None) -> str:
+def mp_text_xml(
+    openid: str, content: str, msg_id: int | str, account: str = DEFAULT_ACCOUNT, create_time: int | None = None
+) -> str:
     """A text message the way WeChat writes it (newlines between elements)."""
     return (
         f"<xml><ToUserName>{_cdata(account)}</ToUserName>\n"
@@ -207,8 +208,13 @@ def mp_text_xml(openid: str, content: str, msg_id: int | str, account: str = DEF
     )
 
 
-def mp_event_xml(openid: str, event: str, event_key: str | None = None, account: str = DEFAULT_ACCOUNT,
-                 create_time: int | None = None) -> str:
+def mp_event_xml(
+    openid: str,
+    event: str,
+    event_key: str | None = None,
+    account: str = DEFAULT_ACCOUNT,
+    create_time: int | None = None,
+) -> str:
     """An event push (subscribe, unsubscribe, CLICK, …)."""
     key = f"<EventKey>{_cdata(event_key)}</EventKey>\n" if event_key is not None else ""
     return (
@@ -222,8 +228,10 @@ def mp_event_xml(openid: str, event: str, event_key: str | None = None, account:
 
 
 def _stamp(timestamp: int | None, nonce: str | None) -> tuple[str, str]:
-    return (str(int(time.time()) if timestamp is None else timestamp),
-            nonce if nonce is not None else str(secrets.randbelow(10**10)))
+    return (
+        str(int(time.time()) if timestamp is None else timestamp),
+        nonce if nonce is not None else str(secrets.randbelow(10**10)),
+    )
 
 
 def _url_signature(token: str, timestamp: str, nonce: str) -> str:
@@ -238,52 +246,85 @@ def _openid_of(xml_text: str) -> str:
         return ""  # a deliberately broken payload still gets a query
 
 
-def mp_url_verification(credentials: CallbackCredentials, echostr: str, timestamp: int | None = None,
-                        nonce: str | None = None) -> str:
+def mp_url_verification(
+    credentials: CallbackCredentials, echostr: str, timestamp: int | None = None, nonce: str | None = None
+) -> str:
     """The query string of the GET WeChat sends when the admin submits the server URL."""
     stamp, nonce = _stamp(timestamp, nonce)
-    return urlencode({"signature": _url_signature(str(credentials.token), stamp, nonce),
-                      "echostr": echostr, "timestamp": stamp, "nonce": nonce})
+    return urlencode(
+        {
+            "signature": _url_signature(str(credentials.token), stamp, nonce),
+            "echostr": echostr,
+            "timestamp": stamp,
+            "nonce": nonce,
+        }
+    )
 
 
-def mp_plain_callback(credentials: CallbackCredentials, xml_text: str, timestamp: int | None = None,
-                      nonce: str | None = None) -> tuple[str, bytes]:
+def mp_plain_callback(
+    credentials: CallbackCredentials, xml_text: str, timestamp: int | None = None, nonce: str | None = None
+) -> tuple[str, bytes]:
     """Query string and body of a plaintext-mode (明文模式) POST: the body is not signed."""
     stamp, nonce = _stamp(timestamp, nonce)
-    query = urlencode({"signature": _url_signature(str(credentials.token), stamp, nonce), "timestamp": stamp,
-                       "nonce": nonce, "openid": _openid_of(xml_text)})
+    query = urlencode(
+        {
+            "signature": _url_signature(str(credentials.token), stamp, nonce),
+            "timestamp": stamp,
+            "nonce": nonce,
+            "openid": _openid_of(xml_text),
+        }
+    )
     return query, xml_text.encode("utf-8")
 
 
-def mp_encrypted_envelope(credentials: CallbackCredentials, encrypted: str, timestamp: int | None = None,
-                          nonce: str | None = None, plain_fields: str = "", openid: str = "",
-                          account: str = DEFAULT_ACCOUNT) -> tuple[str, bytes]:
+def mp_encrypted_envelope(
+    credentials: CallbackCredentials,
+    encrypted: str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    plain_fields: str = "",
+    openid: str = "",
+    account: str = DEFAULT_ACCOUNT,
+) -> tuple[str, bytes]:
     """Query string and body of a safe-mode POST around any Encrypt value, signed with the
     Token (tests use it to sign ciphertexts that are broken on purpose). `plain_fields`
     is what compatible mode (兼容模式) puts next to Encrypt."""
     stamp, nonce = _stamp(timestamp, nonce)
     token = str(credentials.token)
-    query = urlencode({
-        "signature": _url_signature(token, stamp, nonce), "timestamp": stamp, "nonce": nonce,
-        "openid": openid, "encrypt_type": "aes", "msg_signature": signature(token, stamp, nonce, encrypted),
-    })
-    body = (f"<xml><ToUserName>{_cdata(account)}</ToUserName>\n{plain_fields}"
-            f"<Encrypt>{_cdata(encrypted)}</Encrypt>\n</xml>")
+    query = urlencode(
+        {
+            "signature": _url_signature(token, stamp, nonce),
+            "timestamp": stamp,
+            "nonce": nonce,
+            "openid": openid,
+            "encrypt_type": "aes",
+            "msg_signature": signature(token, stamp, nonce, encrypted),
+        }
+    )
+    body = (
+        f"<xml><ToUserName>{_cdata(account)}</ToUserName>\n{plain_fields}<Encrypt>{_cdata(encrypted)}</Encrypt>\n</xml>"
+    )
     return query, body.encode("utf-8")
 
 
-def mp_encrypted_callback(credentials: CallbackCredentials, xml_text: str, timestamp: int | None = None,
-                          nonce: str | None = None, compatible: bool = False) -> tuple[str, bytes]:
+def mp_encrypted_callback(
+    credentials: CallbackCredentials,
+    xml_text: str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    compatible: bool = False,
+) -> tuple[str, bytes]:
     """The POST WeChat sends in safe mode (安全模式), or with compatible=True in compatible
     mode (兼容模式: the plaintext fields travel next to the ciphertext)."""
     crypt = WXBizMsgCrypt(str(credentials.encoding_aes_key), str(credentials.app_id))
     plain_fields = ""
     if compatible:
         inner = xml_text.strip()
-        plain_fields = inner[len("<xml>"):-len("</xml>")] if inner.startswith("<xml>") else ""
+        plain_fields = inner[len("<xml>") : -len("</xml>")] if inner.startswith("<xml>") else ""
         plain_fields = re.sub(r"^<ToUserName>.*?</ToUserName>\n?", "", plain_fields)
-    return mp_encrypted_envelope(credentials, crypt.encrypt(xml_text), timestamp, nonce, plain_fields,
-                                 _openid_of(xml_text))
+    return mp_encrypted_envelope(
+        credentials, crypt.encrypt(xml_text), timestamp, nonce, plain_fields, _openid_of(xml_text)
+    )
 
 
 class PassiveReplyInvalid(AssertionError):
@@ -302,8 +343,9 @@ def read_passive_reply(credentials: CallbackCredentials, body: bytes, encrypted:
         fields = {child.tag: child.text or "" for child in root}
         if set(fields) != {"Encrypt", "MsgSignature", "TimeStamp", "Nonce"}:
             raise PassiveReplyInvalid(f"not an encrypted envelope: {sorted(fields)}")
-        if not signature_matches(fields["MsgSignature"], str(credentials.token), fields["TimeStamp"],
-                                 fields["Nonce"], fields["Encrypt"]):
+        if not signature_matches(
+            fields["MsgSignature"], str(credentials.token), fields["TimeStamp"], fields["Nonce"], fields["Encrypt"]
+        ):
             raise PassiveReplyInvalid("MsgSignature does not match the envelope")
         inner = WXBizMsgCrypt(str(credentials.encoding_aes_key), str(credentials.app_id)).decrypt(fields["Encrypt"])
         root = SafeET.fromstring(inner, forbid_dtd=True)

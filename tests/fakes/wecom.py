@@ -153,8 +153,13 @@ class FakeWeCom(FakeServer):
                 return Response(200, repeat)
             self.sent.append(message)
             answer = {
-                "errcode": 0, "errmsg": "ok", "invaliduser": "|".join(invalid), "invalidparty": "",
-                "invalidtag": "", "unlicenseduser": "", "msgid": f"fake-msgid-{next(self._msgids)}",
+                "errcode": 0,
+                "errmsg": "ok",
+                "invaliduser": "|".join(invalid),
+                "invalidparty": "",
+                "invalidtag": "",
+                "unlicenseduser": "",
+                "msgid": f"fake-msgid-{next(self._msgids)}",
             }
             if message.get("enable_duplicate_check") == 1:
                 self._taken[json.dumps(message, sort_keys=True, ensure_ascii=False)] = (time.time(), answer)
@@ -189,8 +194,9 @@ def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
-def wecom_text_xml(corp_id: str, user: str, content: str, msg_id: int | str, agent_id: int | str,
-                   create_time: int | None = None) -> str:
+def wecom_text_xml(
+    corp_id: str, user: str, content: str, msg_id: int | str, agent_id: int | str, create_time: int | None = None
+) -> str:
     """A decrypted text message the way WeCom writes it (newlines between elements)."""
     return (
         f"<xml><ToUserName>{_cdata(corp_id)}</ToUserName>\n"
@@ -211,8 +217,13 @@ def _agent_id_of(xml_text: str) -> str:
         return ""  # a deliberately broken payload still gets an envelope
 
 
-def _signed_query(credentials: CallbackCredentials, encrypted: str, timestamp: int | None,
-                  nonce: str | None, extra: dict[str, str] | None = None) -> str:
+def _signed_query(
+    credentials: CallbackCredentials,
+    encrypted: str,
+    timestamp: int | None,
+    nonce: str | None,
+    extra: dict[str, str] | None = None,
+) -> str:
     timestamp_text = str(int(time.time()) if timestamp is None else timestamp)
     nonce = nonce if nonce is not None else str(secrets.randbelow(10**10))
     params = {
@@ -224,8 +235,13 @@ def _signed_query(credentials: CallbackCredentials, encrypted: str, timestamp: i
     return urlencode(params)
 
 
-def wecom_envelope(credentials: CallbackCredentials, encrypted: str, agent_id: str = "",
-                   timestamp: int | None = None, nonce: str | None = None) -> tuple[str, bytes]:
+def wecom_envelope(
+    credentials: CallbackCredentials,
+    encrypted: str,
+    agent_id: str = "",
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> tuple[str, bytes]:
     """Query string and body of a callback POST around any Encrypt value, signed with
     the Token (tests use it to sign ciphertexts that are broken on purpose)."""
     body = (
@@ -236,15 +252,17 @@ def wecom_envelope(credentials: CallbackCredentials, encrypted: str, agent_id: s
     return _signed_query(credentials, encrypted, timestamp, nonce), body.encode("utf-8")
 
 
-def wecom_callback(credentials: CallbackCredentials, xml_text: str, timestamp: int | None = None,
-                   nonce: str | None = None) -> tuple[str, bytes]:
+def wecom_callback(
+    credentials: CallbackCredentials, xml_text: str, timestamp: int | None = None, nonce: str | None = None
+) -> tuple[str, bytes]:
     """The query string and body of the POST WeCom sends for the decrypted xml_text."""
     crypt = WXBizMsgCrypt(str(credentials.encoding_aes_key), str(credentials.app_id))
     return wecom_envelope(credentials, crypt.encrypt(xml_text), _agent_id_of(xml_text), timestamp, nonce)
 
 
-def wecom_url_verification(credentials: CallbackCredentials, echo: str, timestamp: int | None = None,
-                           nonce: str | None = None) -> str:
+def wecom_url_verification(
+    credentials: CallbackCredentials, echo: str, timestamp: int | None = None, nonce: str | None = None
+) -> str:
     """The query string of the GET the WeCom console sends when the admin saves the URL."""
     crypt = WXBizMsgCrypt(str(credentials.encoding_aes_key), str(credentials.app_id))
     echostr = crypt.encrypt(echo)

@@ -39,12 +39,27 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         self.process = start_group(
-            ["gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--worker-class", "sync", "--no-control-socket"],
-            process_env(**self.env), self.log,
+            [
+                "gunicorn",
+                "config.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--worker-class",
+                "sync",
+                "--no-control-socket",
+            ],
+            process_env(**self.env),
+            self.log,
         )
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2), timeout=60, what="gunicorn answering",
-                   interval=0.2, alive=self.process)
+        wait_until(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=2),
+            timeout=60,
+            what="gunicorn answering",
+            interval=0.2,
+            alive=self.process,
+        )
         return self
 
     def stop(self) -> None:
@@ -136,9 +151,15 @@ def model():
 def bot(transactional_db, wecom, model) -> Bot:
     backend = ModelBackend.objects.create(name="main", kind="openai", base_url=f"{model.url}/v1", model="m1")
     return Bot.objects.create(
-        name="faults", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-        api_base_url=wecom.url, extra={"agent_id": 1000002}, default_backend=backend,
+        name="faults",
+        platform="wecom",
+        app_id=DEFAULT_CORP_ID,
+        app_secret=DEFAULT_CORP_SECRET,
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=wecom.url,
+        extra={"agent_id": 1000002},
+        default_backend=backend,
     )
 
 
@@ -149,8 +170,7 @@ def signed_callback(bot: Bot, text: str, msg_id: int, user: str = "zhangsan") ->
 
 
 def post(base_url: str, path_and_query: str, body: bytes, timeout: float = 10) -> httpx.Response:
-    return httpx.post(base_url + path_and_query, content=body, headers={"Content-Type": "text/xml"},
-                      timeout=timeout)
+    return httpx.post(base_url + path_and_query, content=body, headers={"Content-Type": "text/xml"}, timeout=timeout)
 
 
 @pytest.fixture

@@ -23,9 +23,17 @@ SWEEP = "import django; django.setup(); from channels_app.tasks import sweep_out
 def sweep(broker_url: str) -> str:
     """One run of the outbox sweeper, as beat would start it, publishing to broker_url."""
     result = subprocess.run(
-        [sys.executable, "-c", SWEEP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-        env=process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess(),
-                        CELERY_BROKER_URL=broker_url, OUTBOX_RECEIVED_AFTER="1"),
+        [sys.executable, "-c", SWEEP],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_env(
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            DATABASE_URL=database_url_for_subprocess(),
+            CELERY_BROKER_URL=broker_url,
+            OUTBOX_RECEIVED_AFTER="1",
+        ),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -50,8 +58,11 @@ def test_a_callback_while_the_broker_is_down_is_answered_and_replied_to_once_it_
             assert "'received': 1" in sweep(broker.url)
             [sent] = wecom.wait_for(r"/message/send", 1, timeout=30)
             assert sent.json()["text"]["content"] == "[m1] are you there (history=0)"
-            wait_until(lambda: InboundMessage.objects.get(platform_message_id="7001").status
-                       == MessageStatus.REPLIED, timeout=20, what="row replied")
+            wait_until(
+                lambda: InboundMessage.objects.get(platform_message_id="7001").status == MessageStatus.REPLIED,
+                timeout=20,
+                what="row replied",
+            )
             assert "'received': 0" in sweep(broker.url)
             time.sleep(1.0)  # room for a wrong second reply
         assert len(wecom.received(r"/message/send")) == 1

@@ -67,19 +67,27 @@ def test_a_worker_whose_connection_died_while_idle_answers_the_next_message_with
     with CeleryWorker(concurrency=1) as worker:
         assert post_locally(bot, "first", 8101).status_code == 200
         wecom.wait_for(r"/message/send", 1, timeout=30)
-        wait_until(lambda: InboundMessage.objects.get(platform_message_id="8101").status == MessageStatus.REPLIED,
-                   timeout=20, what="first message replied")
+        wait_until(
+            lambda: InboundMessage.objects.get(platform_message_id="8101").status == MessageStatus.REPLIED,
+            timeout=20,
+            what="first message replied",
+        )
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             assert cursor.fetchone()[0] >= 1, "the worker kept no connection to cut"
 
         assert post_locally(bot, "second", 8102).status_code == 200
         sent = wecom.wait_for(r"/message/send", 2, timeout=15)
         assert sent[1].json()["text"]["content"] == "[m1] second (history=2)"
         # The send reaches the fake a moment before the task records the reply.
-        wait_until(lambda: InboundMessage.objects.get(platform_message_id="8102").status == MessageStatus.REPLIED,
-                   timeout=10, what="second message replied")
+        wait_until(
+            lambda: InboundMessage.objects.get(platform_message_id="8102").status == MessageStatus.REPLIED,
+            timeout=10,
+            what="second message replied",
+        )
         assert InboundMessage.objects.get(platform_message_id="8102").attempts == 1
         assert "Retry in 1s" in worker.output()
     time.sleep(0.5)

@@ -23,9 +23,11 @@ def test_a_hanging_model_times_out_retries_and_fails_with_the_reason(client, bot
     response = client.post(path, body, content_type="text/xml")
     assert response.status_code == 200 and time.monotonic() - started < 1.0, "the callback must not wait"
 
-    row = wait_until(lambda: InboundMessage.objects.filter(platform_message_id="9001",
-                                                           status=MessageStatus.FAILED).first(),
-                     timeout=40, what="row failed")
+    row = wait_until(
+        lambda: InboundMessage.objects.filter(platform_message_id="9001", status=MessageStatus.FAILED).first(),
+        timeout=40,
+        what="row failed",
+    )
     assert "main" in row.error and "4 attempts" in row.error and "time" in row.error.lower(), row.error
     assert len(model.received(r"/chat/completions")) == 4  # one call and three retries
     assert wecom.received(r"/message/send") == []

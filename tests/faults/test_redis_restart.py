@@ -35,10 +35,19 @@ def sweep(redis_url: str) -> str:
     it. In its own process: the test process's Celery app keeps the broker it first
     connected to, so only a fresh process publishes to the private Redis."""
     result = subprocess.run(
-        [sys.executable, "-c", SWEEP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-        env=process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess(),
-                        REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url,
-                        OUTBOX_RECEIVED_AFTER=str(RECEIVED_AFTER), OUTBOX_STUCK_AFTER=str(STUCK_AFTER)),
+        [sys.executable, "-c", SWEEP],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=process_env(
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            DATABASE_URL=database_url_for_subprocess(),
+            REDIS_URL=redis_url,
+            CELERY_BROKER_URL=redis_url,
+            OUTBOX_RECEIVED_AFTER=str(RECEIVED_AFTER),
+            OUTBOX_STUCK_AFTER=str(STUCK_AFTER),
+        ),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -60,8 +69,9 @@ def test_messages_in_flight_when_redis_restarts_are_each_answered_once(bot, weco
     model.delay = 0.1  # a task takes long enough for Redis to go away in the middle of some
     redis_env = {"REDIS_URL": redis_server.url, "CELERY_BROKER_URL": redis_server.url}
     web = Gunicorn(**redis_env)
-    worker = CeleryWorker(extra_env={**redis_env, "OUTBOX_RECEIVED_AFTER": str(RECEIVED_AFTER),
-                                     "OUTBOX_STUCK_AFTER": str(STUCK_AFTER)})
+    worker = CeleryWorker(
+        extra_env={**redis_env, "OUTBOX_RECEIVED_AFTER": str(RECEIVED_AFTER), "OUTBOX_STUCK_AFTER": str(STUCK_AFTER)}
+    )
     try:
         web.start()
         worker.start()
@@ -90,9 +100,11 @@ def test_messages_in_flight_when_redis_restarts_are_each_answered_once(bot, weco
         deadline = time.monotonic() + 40
         while rows.exclude(status=MessageStatus.REPLIED).exists():
             assert time.monotonic() < deadline, (
-                f"not all replied: {Counter(rows.values_list('status', flat=True))}\n{worker.output()[-3000:]}")
+                f"not all replied: {Counter(rows.values_list('status', flat=True))}\n{worker.output()[-3000:]}"
+            )
             assert not rows.filter(status=MessageStatus.FAILED).exists(), list(
-                rows.filter(status=MessageStatus.FAILED).values_list("error", flat=True))
+                rows.filter(status=MessageStatus.FAILED).values_list("error", flat=True)
+            )
             sweep(redis_server.url)
             time.sleep(1.0)
         time.sleep(1.5)  # room for a wrong second reply

@@ -19,15 +19,19 @@ from channels_app.tests.contract import ContractKit, Request
 from tests.fuzz.hostile import hostile_payloads, nested
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-HOSTILE = settings(FUZZ, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])
+HOSTILE = settings(
+    FUZZ,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 # Platforms whose signature does not cover the body: Telegram authenticates with a
 # secret header, DingTalk signs only its timestamp, so a changed body is theirs to accept.
 BODY_NOT_SIGNED = {"telegram", "dingtalk"}
 
 edits = st.lists(
     st.tuples(st.sampled_from(["flip", "cut", "insert"]), st.integers(0, 10_000), st.integers(0, 255)),
-    min_size=1, max_size=4,
+    min_size=1,
+    max_size=4,
 )
 
 

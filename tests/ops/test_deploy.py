@@ -48,10 +48,23 @@ STEPS = [
 ]
 # What an operator's shell would not have; the test process has some of them.
 UNSET = (
-    "DATABASE_URL", "ALLOWED_HOSTS", "SECRET_KEY", "SECRET_KEY_FILE", "SWITCHBOARD_SECRET_KEYS",
-    "SWITCHBOARD_SECRET_KEYS_FILE", "SWITCHBOARD_ENV", "DEBUG", "STATIC_ROOT", "CELERY_BROKER_URL", "REDIS_URL",
-    "SWITCHBOARD_VAR_DIR", "CACHE_KEY_PREFIX", "CELERY_TASK_DEFAULT_QUEUE", "SWITCHBOARD_DEPLOY_ROOT",
-    "PROMETHEUS_MULTIPROC_DIR", "LOG_DIR",
+    "DATABASE_URL",
+    "ALLOWED_HOSTS",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "SWITCHBOARD_SECRET_KEYS",
+    "SWITCHBOARD_SECRET_KEYS_FILE",
+    "SWITCHBOARD_ENV",
+    "DEBUG",
+    "STATIC_ROOT",
+    "CELERY_BROKER_URL",
+    "REDIS_URL",
+    "SWITCHBOARD_VAR_DIR",
+    "CACHE_KEY_PREFIX",
+    "CELERY_TASK_DEFAULT_QUEUE",
+    "SWITCHBOARD_DEPLOY_ROOT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "LOG_DIR",
 )
 REDIS_URL = "redis://127.0.0.1:6379/13"
 ADMIN_USER, ADMIN_PASSWORD = "first-admin", "deploy test password 42"
@@ -59,8 +72,13 @@ ADMIN_USER, ADMIN_PASSWORD = "first-admin", "deploy test password 42"
 
 def run_deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", DEPLOY, *args], cwd=REPO_ROOT, env=process_env(drop=UNSET, **env), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=600,
+        ["bash", DEPLOY, *args],
+        cwd=REPO_ROOT,
+        env=process_env(drop=UNSET, **env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -70,15 +88,30 @@ def run_deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_seed_flags():
     result = run_deploy("--help")
     assert result.returncode == 0
-    for flag in ("--model_type=dialog", "--gpu=false", "--port=18789", "--domain", "--admin-email",
-                 "--database-url", "--dry-run", "--root"):
+    for flag in (
+        "--model_type=dialog",
+        "--gpu=false",
+        "--port=18789",
+        "--domain",
+        "--admin-email",
+        "--database-url",
+        "--dry-run",
+        "--root",
+    ):
         assert flag in result.stdout
 
 
 def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
     root = tmp_path / "root"
-    result = run_deploy("--dry-run", f"--root={root}", "--model_type=dialog", "--gpu=true", "--port=18789",
-                        "--domain=bots.example.com", "--admin-email=ops@example.com")
+    result = run_deploy(
+        "--dry-run",
+        f"--root={root}",
+        "--model_type=dialog",
+        "--gpu=true",
+        "--port=18789",
+        "--domain=bots.example.com",
+        "--admin-email=ops@example.com",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     headers = re.findall(r"^\[(\d+)/14\] (.*)$", result.stdout, re.MULTILINE)
     assert [int(n) for n, _ in headers] == list(range(1, 15))
@@ -113,8 +146,9 @@ def test_bad_options_are_refused_before_anything_happens(tmp_path, args, message
 
 
 def test_a_failing_step_is_named_with_its_fix(tmp_path):
-    result = run_deploy(f"--root={tmp_path / 'root'}", f"--venv={REPO_ROOT / '.venv'}",
-                        "--redis-url=redis://192.0.2.1:6379/0")
+    result = run_deploy(
+        f"--root={tmp_path / 'root'}", f"--venv={REPO_ROOT / '.venv'}", "--redis-url=redis://192.0.2.1:6379/0"
+    )
     assert result.returncode == 1
     assert "FAILED at step 6/14 (Redis): no Redis answers at 192.0.2.1:6379" in result.stderr
     assert "How to fix: start Redis on 192.0.2.1:6379, or point REDIS_URL at" in result.stderr
@@ -153,14 +187,23 @@ class Deployment:
         return str(self.etc / "switchboard/tls/fullchain.pem")
 
     def bin(self, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.root / "usr/local/bin" / name), *args], input=stdin, capture_output=True,
-                              text=True, timeout=180, env=process_env(drop=UNSET))
+        return subprocess.run(
+            [str(self.root / "usr/local/bin" / name), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=process_env(drop=UNSET),
+        )
 
     def https(self) -> httpx.Client:
         """A client that trusts the self-signed certificate deploy.sh made, and nothing else."""
-        return httpx.Client(base_url=f"https://127.0.0.1:{self.https_port}", timeout=10,
-                            verify=ssl.create_default_context(cafile=self.cert),
-                            headers={"Host": f"sb.test:{self.https_port}"})
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.https_port}",
+            timeout=10,
+            verify=ssl.create_default_context(cafile=self.cert),
+            headers={"Host": f"sb.test:{self.https_port}"},
+        )
 
     def wait_ready(self) -> None:
         with self.https() as client:
@@ -172,8 +215,9 @@ class Deployment:
 
     def send(self, client: httpx.Client, text: str, msg_id: int, user: str = "zhangsan") -> None:
         query, body = wecom_callback(self.bot, wecom_text_xml(DEFAULT_CORP_ID, user, text, msg_id, 1000002))
-        response = client.post(f"/callback/wecom/{self.bot.uuid}/?{query}", content=body,
-                               headers={"Content-Type": "text/xml"})
+        response = client.post(
+            f"/callback/wecom/{self.bot.uuid}/?{query}", content=body, headers={"Content-Type": "text/xml"}
+        )
         assert response.status_code == 200 and response.content == b"", response.text
 
 
@@ -191,36 +235,66 @@ def deployed(tmp_path_factory):
     name = f"{os.environ['SWITCHBOARD_TEST_RUN']}-deploy"
     ports = {"port": free_port(), "gunicorn": free_port(), "https": free_port(), "http": free_port()}
     wecom, model = FakeWeCom().start(), FakeModel().start()
-    bot = SimpleNamespace(uuid=uuid4(), app_id=DEFAULT_CORP_ID, token="deploy-test-token",
-                          encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    bot = SimpleNamespace(
+        uuid=uuid4(),
+        app_id=DEFAULT_CORP_ID,
+        token="deploy-test-token",
+        encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+    )
     started_pids: dict[str, int | None] = {}
     try:
         first = run_deploy(
-            f"--root={root}", f"--venv={REPO_ROOT / '.venv'}", "--listen=127.0.0.1", "--domain=sb.test",
-            "--admin-email=ops@sb.test", f"--port={ports['port']}", f"--gunicorn-port={ports['gunicorn']}",
+            f"--root={root}",
+            f"--venv={REPO_ROOT / '.venv'}",
+            "--listen=127.0.0.1",
+            "--domain=sb.test",
+            "--admin-email=ops@sb.test",
+            f"--port={ports['port']}",
+            f"--gunicorn-port={ports['gunicorn']}",
             f"--https-port={ports['https']}",
-            f"--http-port={ports['http']}", f"--redis-url={REDIS_URL}", "--gpu=false",
-            f"--model-url={model.url}/v1", "--model-name=m1",
-            f"--set=CACHE_KEY_PREFIX={name}", f"--set=CELERY_TASK_DEFAULT_QUEUE={name}",
+            f"--http-port={ports['http']}",
+            f"--redis-url={REDIS_URL}",
+            "--gpu=false",
+            f"--model-url={model.url}/v1",
+            "--model-name=m1",
+            f"--set=CACHE_KEY_PREFIX={name}",
+            f"--set=CELERY_TASK_DEFAULT_QUEUE={name}",
             "--set=METRICS_ALLOWED_CIDRS=192.0.2.0/24",
-            SWITCHBOARD_ADMIN_USER=ADMIN_USER, SWITCHBOARD_ADMIN_PASSWORD=ADMIN_PASSWORD, SWITCHBOARD_WEB_WORKERS="2",
+            SWITCHBOARD_ADMIN_USER=ADMIN_USER,
+            SWITCHBOARD_ADMIN_PASSWORD=ADMIN_PASSWORD,
+            SWITCHBOARD_WEB_WORKERS="2",
         )
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-        deployment = Deployment(root, name, ports["port"], ports["gunicorn"], ports["https"], ports["http"], wecom, bot,
-                                first)
-        config = {"bots": [{
-            "name": "helpdesk", "platform": "wecom", "uuid": str(bot.uuid), "app_id": DEFAULT_CORP_ID,
-            "app_secret": DEFAULT_CORP_SECRET, "token": bot.token, "encoding_aes_key": bot.encoding_aes_key,
-            "api_base_url": wecom.url, "extra": {"agent_id": 1000002}, "default_backend": "cloud",
-        }]}
+        deployment = Deployment(
+            root, name, ports["port"], ports["gunicorn"], ports["https"], ports["http"], wecom, bot, first
+        )
+        config = {
+            "bots": [
+                {
+                    "name": "helpdesk",
+                    "platform": "wecom",
+                    "uuid": str(bot.uuid),
+                    "app_id": DEFAULT_CORP_ID,
+                    "app_secret": DEFAULT_CORP_SECRET,
+                    "token": bot.token,
+                    "encoding_aes_key": bot.encoding_aes_key,
+                    "api_base_url": wecom.url,
+                    "extra": {"agent_id": 1000002},
+                    "default_backend": "cloud",
+                }
+            ]
+        }
         imported = deployment.bin("switchboard-manage", "import_config", "-", stdin=json.dumps(config))
         assert imported.returncode == 0, imported.stdout + imported.stderr
         started_pids.update(deployment.services())
         yield deployment
     finally:
         supervisor = root / "usr/local/bin/switchboard-supervisor"
-        stop = subprocess.run([str(supervisor), "stop"], capture_output=True, text=True, timeout=240) \
-            if supervisor.exists() else None
+        stop = (
+            subprocess.run([str(supervisor), "stop"], capture_output=True, text=True, timeout=240)
+            if supervisor.exists()
+            else None
+        )
         wecom.stop()
         model.stop()
         client = redis.Redis.from_url(REDIS_URL)
@@ -257,8 +331,12 @@ def test_units_site_and_policy_are_written(deployed):
     assert "celery -A config beat" in (units / "switchboard-beat.service").read_text()
     analyze = tool("systemd-analyze")
     for service in ("web", "worker", "beat"):
-        verified = subprocess.run([analyze, "verify", str(units / f"switchboard-{service}.service")],
-                                  capture_output=True, text=True, timeout=60)
+        verified = subprocess.run(
+            [analyze, "verify", str(units / f"switchboard-{service}.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
     env = (deployed.etc / "switchboard/switchboard.env").read_text()
@@ -315,15 +393,15 @@ def test_logrotate_accepts_the_policy_and_rotation_needs_no_restart(deployed, tm
     logrotate = tool("logrotate")
     policy = deployed.etc / "logrotate.d/switchboard"
     state = tmp_path / "logrotate.status"
-    debug = subprocess.run([logrotate, "-d", "-s", str(state), str(policy)], capture_output=True, text=True,
-                           timeout=60)
+    debug = subprocess.run([logrotate, "-d", "-s", str(state), str(policy)], capture_output=True, text=True, timeout=60)
     assert debug.returncode == 0, debug.stderr
     assert f"rotating pattern: {deployed.log_dir}/*.log" in debug.stdout + debug.stderr
 
     with deployed.https() as client:
         assert client.get("/healthz").status_code == 200
-    forced = subprocess.run([logrotate, "-f", "-s", str(state), str(policy)], capture_output=True, text=True,
-                            timeout=60)
+    forced = subprocess.run(
+        [logrotate, "-f", "-s", str(state), str(policy)], capture_output=True, text=True, timeout=60
+    )
     assert forced.returncode == 0, forced.stderr
     rotated = deployed.log_dir / "switchboard.log.1"
     assert '"path": "/healthz"' in rotated.read_text()
@@ -350,8 +428,9 @@ def test_a_signed_callback_through_nginx_is_answered_at_the_platform(deployed):
         assert console.status_code == 302 and "login" in console.headers["location"]
 
     # Plain HTTP: the console moves to HTTPS; a callback is proxied as it is.
-    with httpx.Client(base_url=f"http://127.0.0.1:{deployed.http_port}", timeout=10,
-                      headers={"Host": "sb.test"}) as plain:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{deployed.http_port}", timeout=10, headers={"Host": "sb.test"}
+    ) as plain:
         moved = plain.get("/admin/")
         assert moved.status_code == 301
         assert moved.headers["location"] == f"https://sb.test:{deployed.https_port}/admin/"
@@ -370,8 +449,15 @@ def test_metrics_through_nginx_need_the_token_and_add_up_web_and_worker(deployed
 
         def replied() -> str:
             body = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).text
-            return body if re.search(r'switchboard_messages_total\{bot="helpdesk",platform="wecom",'
-                                     r'status="replied"\} [1-9]', body) else ""
+            return (
+                body
+                if re.search(
+                    r'switchboard_messages_total\{bot="helpdesk",platform="wecom",'
+                    r'status="replied"\} [1-9]',
+                    body,
+                )
+                else ""
+            )
 
         body = wait_until(replied, 30, "the worker's replies show at /metrics")
     assert re.search(r'switchboard_callbacks_total\{outcome="accepted",platform="wecom"\} [1-9]', body)  # gunicorn
@@ -387,10 +473,14 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "FAIL" not in doctor.stdout and doctor.stdout.rstrip().endswith("All checks passed.")
     assert re.search(r"^OK +nginx +serves https://sb\.test:\d+/healthz over HTTPS$", doctor.stdout, re.MULTILINE)
-    assert re.search(rf"^OK +port +Switchboard answers /healthz on 127\.0\.0\.1:{deployed.port} through nginx$",
-                     doctor.stdout, re.MULTILINE)
-    assert re.search(rf"^OK +worker +1 worker\(s\) consume queue '{deployed.name}': {deployed.name}@",
-                     doctor.stdout, re.MULTILINE)
+    assert re.search(
+        rf"^OK +port +Switchboard answers /healthz on 127\.0\.0\.1:{deployed.port} through nginx$",
+        doctor.stdout,
+        re.MULTILINE,
+    )
+    assert re.search(
+        rf"^OK +worker +1 worker\(s\) consume queue '{deployed.name}': {deployed.name}@", doctor.stdout, re.MULTILINE
+    )
     assert "self-signed" in doctor.stdout
 
     worker = deployed.services()["worker"]
@@ -399,10 +489,13 @@ def test_doctor_is_green_and_turns_red_when_the_worker_stops(deployed):
     try:
         red = deployed.bin("switchboard-manage", "doctor")
         assert red.returncode == 1
-        assert re.search(r"^FAIL +worker +no worker of this installation answered a ping within 3 s", red.stdout,
-                         re.MULTILINE)
-        assert (f"fix: sudo switchboard-supervisor restart; see why it stopped in {deployed.log_dir}/worker.log"
-                in red.stdout)
+        assert re.search(
+            r"^FAIL +worker +no worker of this installation answered a ping within 3 s", red.stdout, re.MULTILINE
+        )
+        assert (
+            f"fix: sudo switchboard-supervisor restart; see why it stopped in {deployed.log_dir}/worker.log"
+            in red.stdout
+        )
         assert red.stdout.rstrip().endswith("1 of 16 checks failed.")
         with deployed.https() as client:
             assert client.get("/readyz").status_code == 200  # the web side is ready as ever
@@ -448,8 +541,9 @@ def test_running_it_again_upgrades_in_place_and_keeps_everything(deployed):
     assert len(releases) == 2 and (deployed.root / "opt/switchboard/app").resolve() == releases[-1]
     assert f"SWITCHBOARD_BIND=127.0.0.1:{deployed.port}" in env  # the last run's options
     assert "METRICS_ALLOWED_CIDRS=192.0.2.0/24" in env
-    issuer = deployed.bin("switchboard-manage", "shell", "-c",
-                          "from django.conf import settings; print(settings.OTP_TOTP_ISSUER)")
+    issuer = deployed.bin(
+        "switchboard-manage", "shell", "-c", "from django.conf import settings; print(settings.OTP_TOTP_ISSUER)"
+    )
     assert issuer.stdout.strip().splitlines()[-1] == "Acme Bots"
 
     with deployed.https() as client:
@@ -467,18 +561,29 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(deployed)
     answered at once. gunicorn itself is not reachable from other machines."""
     slow_model = FakeModel(delay=20).start()
     try:
-        config = {"backends": [{"name": "slow", "kind": "openai", "base_url": f"{slow_model.url}/v1", "model": "m1",
-                                "timeout": 30}],
-                  "bots": [passive_bot_config("slow")]}
+        config = {
+            "backends": [
+                {"name": "slow", "kind": "openai", "base_url": f"{slow_model.url}/v1", "model": "m1", "timeout": 30}
+            ],
+            "bots": [passive_bot_config("slow")],
+        }
         imported = deployed.bin("switchboard-manage", "import_config", "-", stdin=json.dumps(config))
         assert imported.returncode == 0, imported.stdout + imported.stderr
         base_url = f"http://127.0.0.1:{deployed.port}"
         with httpx.Client(base_url=base_url, timeout=30, headers={"Host": "sb.test"}) as plain:
-            took = assert_answered_while_held(lambda: deployed.send(plain, "past the slow ones", 8301),
-                                              "127.0.0.1", deployed.port, "sb.test", base_url)
+            took = assert_answered_while_held(
+                lambda: deployed.send(plain, "past the slow ones", 8301),
+                "127.0.0.1",
+                deployed.port,
+                "sb.test",
+                base_url,
+            )
         print(f"a callback while slow clients held the port: {took:.2f} s")
     finally:
         slow_model.stop()
-    gunicorn = next(line for line in (deployed.etc / "switchboard/switchboard.env").read_text().splitlines()
-                    if line.startswith("SWITCHBOARD_GUNICORN_BIND="))
+    gunicorn = next(
+        line
+        for line in (deployed.etc / "switchboard/switchboard.env").read_text().splitlines()
+        if line.startswith("SWITCHBOARD_GUNICORN_BIND=")
+    )
     assert gunicorn == f"SWITCHBOARD_GUNICORN_BIND=127.0.0.1:{deployed.gunicorn_port}"

@@ -56,13 +56,26 @@ class Gunicorn:
     def __enter__(self) -> Gunicorn:
         env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
         self.process = start_group(
-            ["gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--no-control-socket"], env, self.log,
+            [
+                "gunicorn",
+                "config.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "1",
+                "--no-control-socket",
+            ],
+            env,
+            self.log,
         )
         import httpx
 
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200,
-                   60, "gunicorn answers /healthz", alive=self.process)
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200,
+            60,
+            "gunicorn answers /healthz",
+            alive=self.process,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,10 +90,15 @@ class Beat:
 
     def __enter__(self) -> Beat:
         env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
-        self.process = start_group(["celery", "-A", "config", "beat", "-l", "INFO", "--schedule", str(self.schedule)],
-                                   env, self.log)
-        wait_until(lambda: get_redis_connection("default").exists(_key("beat")), 60,
-                   "beat records its heartbeat", alive=self.process)
+        self.process = start_group(
+            ["celery", "-A", "config", "beat", "-l", "INFO", "--schedule", str(self.schedule)], env, self.log
+        )
+        wait_until(
+            lambda: get_redis_connection("default").exists(_key("beat")),
+            60,
+            "beat records its heartbeat",
+            alive=self.process,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -96,8 +114,7 @@ def no_beat_heartbeat():
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, settings, tmp_path,
-                                                                       no_beat_heartbeat):
+def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, settings, tmp_path, no_beat_heartbeat):
     with Gunicorn(tmp_path) as web, Beat(tmp_path):
         settings.SWITCHBOARD_BIND = f"127.0.0.1:{web.port}"
         worker = CeleryWorker().start()
@@ -106,8 +123,19 @@ def test_all_green_with_the_services_up_and_red_when_the_worker_stops(client, se
             assert code == 0, output
             assert "FAIL" not in output
             assert output.rstrip().endswith("All checks passed.")
-            for check in ("settings", "secrets", "database", "migrations", "redis", "broker", "worker", "beat",
-                          "port", "clock", "disk"):
+            for check in (
+                "settings",
+                "secrets",
+                "database",
+                "migrations",
+                "redis",
+                "broker",
+                "worker",
+                "beat",
+                "port",
+                "clock",
+                "disk",
+            ):
                 assert line(output, check).startswith("OK"), output
             assert f"consume queue '{settings.CELERY_TASK_DEFAULT_QUEUE}'" in line(output, "worker")
             assert f"gunicorn answers /healthz on 127.0.0.1:{web.port}" in line(output, "port")
@@ -140,15 +168,35 @@ class NamedWorker:
 
     def __init__(self, log_dir, name: str, queue: str) -> None:
         self.log = log_dir / f"worker-{queue}.log"
-        self.args = ["celery", "-A", "config", "worker", "--hostname", name, "-Q", queue, "-c", "1",
-                     "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
+        self.args = [
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--hostname",
+            name,
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ]
         self.process = None
 
     def __enter__(self) -> NamedWorker:
         env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
         self.process = start_group(self.args, env, self.log)
-        wait_until(lambda: "ready." in self.log.read_text(errors="replace"), 60, "celery worker ready",
-                   interval=0.2, alive=self.process)
+        wait_until(
+            lambda: "ready." in self.log.read_text(errors="replace"),
+            60,
+            "celery worker ready",
+            interval=0.2,
+            alive=self.process,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -175,8 +223,9 @@ def test_the_worker_is_found_next_to_another_installations_of_the_same_name(sett
         results = [line(doctor("--skip", "beat,port", "--worker-timeout", "1.5")[1], "worker") for _ in range(3)]
     down = "FAIL  worker      no worker of this installation answered a ping within 1.5 s"
     assert all(result.startswith(down) for result in results), results
-    assert any("other worker(s) on this broker did (queues " in result and f"{queue}-other" in result
-               for result in results), results
+    assert any(
+        "other worker(s) on this broker did (queues " in result and f"{queue}-other" in result for result in results
+    ), results
 
 
 # -- one failure at a time ----------------------------------------------------------------
@@ -200,7 +249,7 @@ def test_the_fix_names_what_runs_the_services(settings):
 
 
 class NotSwitchboard(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         self.send_response(404)
         self.end_headers()
 
@@ -235,8 +284,11 @@ def test_the_database_must_have_room_for_another_worker_pool(settings):
     settings.CELERY_WORKER_CONCURRENCY = 8
     settings.SWITCHBOARD_WEB_WORKERS, settings.SWITCHBOARD_WEB_THREADS = 2, 4
     result = line(doctor("--skip", SERVICES)[1], "capacity")
-    assert re.fullmatch(r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another machine "
-                        r"like this one: 8 worker processes and 2 × 4 web threads", result), result
+    assert re.fullmatch(
+        r"OK    capacity    \d+ of PostgreSQL's \d+ connections in use, room for another machine "
+        r"like this one: 8 worker processes and 2 × 4 web threads",
+        result,
+    ), result
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('max_connections')::int")
         (limit,) = cursor.fetchone()
@@ -246,10 +298,14 @@ def test_the_database_must_have_room_for_another_worker_pool(settings):
     code, output = doctor("--skip", SERVICES)
     assert code == 1
     result = line(output, "capacity")
-    assert result.startswith("FAIL  capacity    ") and (
-        f"(1 worker processes, CELERY_WORKER_CONCURRENCY, and 1 × {limit} web threads, "
-        "SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)" in result) and (
-        "fix: raise max_connections in postgresql.conf" in result), result
+    assert (
+        result.startswith("FAIL  capacity    ")
+        and (
+            f"(1 worker processes, CELERY_WORKER_CONCURRENCY, and 1 × {limit} web threads, "
+            "SWITCHBOARD_WEB_WORKERS × SWITCHBOARD_WEB_THREADS)" in result
+        )
+        and ("fix: raise max_connections in postgresql.conf" in result)
+    ), result
 
 
 @pytest.mark.django_db
@@ -258,21 +314,30 @@ def test_gunicorn_on_a_public_address_itself_is_a_failure(settings, tmp_path):
     and names the fix (nginx in front)."""
     port = free_port()
     env = process_env(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url_for_subprocess())
-    process = start_group(["gunicorn", "config.wsgi:application", "--bind", f"0.0.0.0:{port}", "--workers", "1",
-                           "--no-control-socket"], env, tmp_path / "gunicorn.log")
+    process = start_group(
+        ["gunicorn", "config.wsgi:application", "--bind", f"0.0.0.0:{port}", "--workers", "1", "--no-control-socket"],
+        env,
+        tmp_path / "gunicorn.log",
+    )
     try:
         import httpx
 
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, 60,
-                   "gunicorn answers /healthz", alive=process)
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
+            60,
+            "gunicorn answers /healthz",
+            alive=process,
+        )
         settings.SWITCHBOARD_BIND = f"0.0.0.0:{port}"
         code, output = doctor("--skip", "worker,beat")
     finally:
         stop_group(process, timeout=20)
     assert code == 1
     result = line(output, "port")
-    assert result.startswith(f"FAIL  port        gunicorn itself answers 0.0.0.0:{port}, which other machines can "
-                             "reach: two clients sending their headers slowly hold its workers"), result
+    assert result.startswith(
+        f"FAIL  port        gunicorn itself answers 0.0.0.0:{port}, which other machines can "
+        "reach: two clients sending their headers slowly hold its workers"
+    ), result
     assert "fix: put nginx in front, as deploy.sh and scripts/start.sh do" in result
 
 

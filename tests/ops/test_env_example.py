@@ -10,8 +10,12 @@ from tests.test_deploy_check import _variables_read_by_settings
 EXAMPLE = REPO_ROOT / "deploy" / ".env.example"
 # Read by the scripts and prometheus_client rather than by the settings.
 SCRIPT_VARIABLES = {
-    "PROMETHEUS_MULTIPROC_DIR", "SWITCHBOARD_WEB_WORKERS", "SWITCHBOARD_ADMIN_USER", "SWITCHBOARD_ADMIN_PASSWORD",
-    "SWITCHBOARD_ADMIN_EMAIL", "SWITCHBOARD_MODEL_API_KEY",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "SWITCHBOARD_WEB_WORKERS",
+    "SWITCHBOARD_ADMIN_USER",
+    "SWITCHBOARD_ADMIN_PASSWORD",
+    "SWITCHBOARD_ADMIN_EMAIL",
+    "SWITCHBOARD_MODEL_API_KEY",
 }
 
 

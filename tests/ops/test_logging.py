@@ -65,7 +65,10 @@ def test_a_line_is_one_json_object_with_context_and_extra_fields():
     assert entry["level"] == "WARNING" and entry["logger"] == "switchboard.test"
     assert entry["time"].endswith("+00:00")
     assert {k: entry[k] for k in ("message_id", "bot", "platform", "status")} == {
-        "message_id": "42", "bot": "b1", "platform": "wecom", "status": 200,
+        "message_id": "42",
+        "bot": "b1",
+        "platform": "wecom",
+        "status": 200,
     }
     assert "nothing" not in entry
 
@@ -111,8 +114,9 @@ def test_every_request_gets_an_id_and_one_access_line(client, json_lines, settin
 @pytest.mark.django_db
 def test_a_callbacks_lines_name_the_platform_and_the_bot(client, json_lines, make_bot):
     bot = make_bot(token="t" * 12, encoding_aes_key="k" * 43)
-    response = client.post(f"{bot.callback_path}?msg_signature=S1GNATURE&timestamp=1&nonce=1", b"<xml/>",
-                           content_type="text/xml")
+    response = client.post(
+        f"{bot.callback_path}?msg_signature=S1GNATURE&timestamp=1&nonce=1", b"<xml/>", content_type="text/xml"
+    )
     assert response.status_code == 400
     lines = json_lines()
     by_logger = {line["logger"]: line for line in lines}
@@ -141,7 +145,11 @@ log.warning("after rotation")
     env = process_env(LOG_DIR=str(log_dir), LOG_STDOUT="false", DJANGO_SETTINGS_MODULE="tests.settings")
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", f"import sys; sys.argv = ['', {str(log_dir)!r}]\n{script}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "before" not in result.stdout  # LOG_STDOUT=false
@@ -156,7 +164,8 @@ log.warning("after rotation")
 def test_a_log_dir_that_does_not_exist_stops_start_up(tmp_path):
     missing = tmp_path / str(uuid.uuid4())
     env = process_env(LOG_DIR=str(missing), DJANGO_SETTINGS_MODULE="tests.settings")
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     assert f"LOG_DIR='{missing}' is not a directory" in result.stderr

@@ -90,9 +90,15 @@ class TestAccess:
 
 def make_bot(api_base_url: str = "http://127.0.0.1:9", backend: ModelBackend | None = None) -> Bot:
     return Bot.objects.create(
-        name="helpdesk", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
-        token=secrets.token_urlsafe(12), encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
-        api_base_url=api_base_url, extra={"agent_id": 1000002}, default_backend=backend,
+        name="helpdesk",
+        platform="wecom",
+        app_id=DEFAULT_CORP_ID,
+        app_secret=DEFAULT_CORP_SECRET,
+        token=secrets.token_urlsafe(12),
+        encoding_aes_key=base64.b64encode(os.urandom(32)).decode()[:43],
+        api_base_url=api_base_url,
+        extra={"agent_id": 1000002},
+        default_backend=backend,
     )
 
 
@@ -127,10 +133,18 @@ def test_a_callback_moves_the_counters_the_queue_and_the_outbox(client, settings
     assert value(after, "switchboard_scrape_source_up", source="broker") == 1
 
     InboundMessage.objects.update(received_at=timezone.now() - timedelta(seconds=settings.OUTBOX_RECEIVED_AFTER + 5))
-    InboundMessage.objects.create(bot=bot, platform_message_id="7002", status=MessageStatus.PROCESSING,
-                                  lease_until=timezone.now() - timedelta(seconds=5))  # its worker died
-    InboundMessage.objects.create(bot=bot, platform_message_id="7003", status=MessageStatus.PROCESSING,
-                                  lease_until=timezone.now() + timedelta(seconds=settings.OUTBOX_STUCK_AFTER))
+    InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="7002",
+        status=MessageStatus.PROCESSING,
+        lease_until=timezone.now() - timedelta(seconds=5),
+    )  # its worker died
+    InboundMessage.objects.create(
+        bot=bot,
+        platform_message_id="7003",
+        status=MessageStatus.PROCESSING,
+        lease_until=timezone.now() + timedelta(seconds=settings.OUTBOX_STUCK_AFTER),
+    )
     stuck = scrape(client)
     assert value(stuck, "switchboard_outbox_stuck", status="received") == 1
     assert value(stuck, "switchboard_outbox_stuck", status="processing") == 1
@@ -149,8 +163,11 @@ def test_a_workers_counters_reach_the_exporter(client, tmp_path, monkeypatch, em
         with CeleryWorker(extra_env={"PROMETHEUS_MULTIPROC_DIR": str(shared)}):
             deliver(client, bot, "hello", 7101)
             wecom.wait_for(r"/message/send", 1)
-            wait_until(lambda: InboundMessage.objects.get(platform_message_id="7101").status == MessageStatus.REPLIED,
-                       15, "the message is marked replied")
+            wait_until(
+                lambda: InboundMessage.objects.get(platform_message_id="7101").status == MessageStatus.REPLIED,
+                15,
+                "the message is marked replied",
+            )
             monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
             body = scrape(client)
             workers = value(body, "switchboard_celery_workers")

@@ -32,16 +32,21 @@ class Command(BaseCommand):
             self.stdout.write(f"could not look the export up in the audit log ({exc}); only the chain was checked")
             return
         if event is None:
-            self.stdout.write(f"export {result.export_id} is not in this installation's audit log; "
-                              "only the chain was checked")
+            self.stdout.write(
+                f"export {result.export_id} is not in this installation's audit log; only the chain was checked"
+            )
         elif not recorded:
-            self.stdout.write(f"export {result.export_id} was started at {event.at:%Y-%m-%d %H:%M:%S} UTC but "
-                              "never finished; only the chain was checked")
+            self.stdout.write(
+                f"export {result.export_id} was started at {event.at:%Y-%m-%d %H:%M:%S} UTC but "
+                "never finished; only the chain was checked"
+            )
         elif recorded != result.final_hash:
             raise CommandError(
                 f"{file}: the chain is intact, but its final hash differs from the one recorded when export "
                 f"{result.export_id} was made at {event.at:%Y-%m-%d %H:%M:%S} UTC: the file was rebuilt after a change"
             )
         else:
-            self.stdout.write(f"final hash matches export {result.export_id}, made at "
-                              f"{event.at:%Y-%m-%d %H:%M:%S} UTC by {event.username or 'an unknown user'}")
+            self.stdout.write(
+                f"final hash matches export {result.export_id}, made at "
+                f"{event.at:%Y-%m-%d %H:%M:%S} UTC by {event.username or 'an unknown user'}"
+            )

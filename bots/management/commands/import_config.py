@@ -28,16 +28,20 @@ class Command(BaseCommand):
         parser.add_argument("file", help="the JSON file, or - to read standard input")
         parser.add_argument("--dry-run", action="store_true", help="check and show what would change; write nothing")
         parser.add_argument(
-            "--prune", action="store_true",
+            "--prune",
+            action="store_true",
             help="delete global rules, and rules of the bots in the file, that the file does not list",
         )
         parser.add_argument("--actor", metavar="USERNAME", help="the console user the audit log names for this import")
         parser.add_argument(
-            "--base-url", metavar="URL", help="print full callback URLs under this origin, e.g. https://bots.example.com"
+            "--base-url",
+            metavar="URL",
+            help="print full callback URLs under this origin, e.g. https://bots.example.com",
         )
 
-    def handle(self, *args, file: str, dry_run: bool, prune: bool, actor: str | None, base_url: str | None,
-               **options) -> None:
+    def handle(
+        self, *args, file: str, dry_run: bool, prune: bool, actor: str | None, base_url: str | None, **options
+    ) -> None:
         base_url = _checked_base_url(base_url)
         user = _actor(actor) if actor else None
         # Bytes, not text: the audit log records the hash of exactly what was imported.

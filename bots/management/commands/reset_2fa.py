@@ -27,9 +27,7 @@ class Command(BaseCommand):
         try:
             user = user_model._default_manager.get_by_natural_key(username)
         except user_model.DoesNotExist:
-            raise CommandError(
-                f"There is no user named {username!r} (user names are case-sensitive)."
-            ) from None
+            raise CommandError(f"There is no user named {username!r} (user names are case-sensitive).") from None
         # confirmed=None: an enrollment left half-done must go too, or its old key would
         # come back on the enrollment page.
         with transaction.atomic():

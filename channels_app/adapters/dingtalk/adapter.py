@@ -55,11 +55,11 @@ WEBHOOK_RETRYABLE_ERRCODES = frozenset({-1, 130101, 410100})
 # What an admin should do about the robot API refusals a misconfigured bot gets most.
 CODE_HINTS = {
     "invalidClientIdOrSecret": "DingTalk refused the AppKey/AppSecret; copy both again from 凭证与基础信息",
-    "invalidParameter.robotCode.notExsit": 'the robot is not in this group, or its robotCode differs: '
-                                           'set extra {"robot_code": "…"}',
+    "invalidParameter.robotCode.notExsit": "the robot is not in this group, or its robotCode differs: "
+    'set extra {"robot_code": "…"}',
     "invalidParameter.robotCode.auth": 'the robotCode does not belong to this AppKey: set extra {"robot_code": "…"}',
     "Forbidden.AccessDenied.AccessTokenPermissionDenied": "the app lacks the permission qyapi_robot_sendmsg "
-                                                         "(企业内机器人发送消息权限); grant it in 权限管理",
+    "(企业内机器人发送消息权限); grant it in 权限管理",
 }
 # Labels of a DingTalk host name: oapi.dingtalk.com, api.dingtalk.com, …
 _DINGTALK_HOST = re.compile(r"(?:[a-z0-9-]+\.)*dingtalk\.com")
@@ -122,8 +122,9 @@ class DingTalkApi(PlatformApi):
         if response.status_code == 200 and errcode == 0:
             return None
         if errcode in WEBHOOK_RETRYABLE_ERRCODES:
-            raise TransportError(f"sessionWebhook is busy or rate-limited: errcode {errcode} "
-                                 f"{str(data.get('errmsg', ''))[:200]}")
+            raise TransportError(
+                f"sessionWebhook is busy or rate-limited: errcode {errcode} {str(data.get('errmsg', ''))[:200]}"
+            )
         return data
 
 
@@ -175,10 +176,12 @@ class DingTalkAdapter(Adapter):
         msg_id, conversation_id = payload.get("msgId"), payload.get("conversationId")
         sender = payload.get("senderStaffId") or payload.get("senderId")
         conversation_type = payload.get("conversationType")
-        if not all(isinstance(v, str) and v for v in (text, msg_id, conversation_id, sender)) or \
-                conversation_type not in ("1", "2"):
-            logger.warning("bot %s: DingTalk text message %r without the expected fields; ignored",
-                           self.bot.name, str(msg_id)[:64])
+        if not all(
+            isinstance(v, str) and v for v in (text, msg_id, conversation_id, sender)
+        ) or conversation_type not in ("1", "2"):
+            logger.warning(
+                "bot %s: DingTalk text message %r without the expected fields; ignored", self.bot.name, str(msg_id)[:64]
+            )
             return None
         chat_type = ChatType.P2P if conversation_type == "1" else ChatType.GROUP
         # A one-to-one chat is always addressed to the robot.
@@ -251,8 +254,10 @@ class DingTalkAdapter(Adapter):
         expires_ms = context.get("session_webhook_expires_ms") or 0
         if webhook and not self._webhook_allowed(webhook):
             # Stored before the bot's API base URL changed, or written by hand: never called.
-            logger.warning("bot %s: the stored sessionWebhook is not on a DingTalk host; "
-                           "replying through the robot API", self.bot.name)
+            logger.warning(
+                "bot %s: the stored sessionWebhook is not on a DingTalk host; replying through the robot API",
+                self.bot.name,
+            )
         elif webhook and time.time() * 1000 + SESSION_WEBHOOK_MARGIN_MS < expires_ms:
             if self._send_by_session(http, webhook, reply.text):
                 return
@@ -269,9 +274,13 @@ class DingTalkAdapter(Adapter):
         refused = api.session_refusal(response)
         if refused is None:
             return True
-        logger.info("bot %s: DingTalk refused the sessionWebhook (HTTP %s, errcode %s %s); "
-                    "replying through the robot API", self.bot.name, response.status_code, refused.get("errcode"),
-                    str(refused.get("errmsg", ""))[:200])
+        logger.info(
+            "bot %s: DingTalk refused the sessionWebhook (HTTP %s, errcode %s %s); replying through the robot API",
+            self.bot.name,
+            response.status_code,
+            refused.get("errcode"),
+            str(refused.get("errmsg", ""))[:200],
+        )
         return False
 
     @property
@@ -285,8 +294,10 @@ class DingTalkAdapter(Adapter):
         context = reply.reply_context
         msg_param = json.dumps({"content": reply.text}, ensure_ascii=False)
         if len(msg_param.encode("utf-8")) > MSG_PARAM_MAX_BYTES:
-            raise TransportError(f"the reply is {len(msg_param.encode())} bytes as msgParam; "
-                                 f"DingTalk takes {MSG_PARAM_MAX_BYTES}", permanent=True)
+            raise TransportError(
+                f"the reply is {len(msg_param.encode())} bytes as msgParam; DingTalk takes {MSG_PARAM_MAX_BYTES}",
+                permanent=True,
+            )
         body = {"robotCode": self._robot_code(context), "msgKey": TEXT_MSG_KEY, "msgParam": msg_param}
         if context.get("conversation_type", "1" if reply.chat_type == ChatType.P2P else "2") == "2":
             conversation = context.get("open_conversation_id") or reply.chat_id
@@ -296,18 +307,22 @@ class DingTalkAdapter(Adapter):
         staff_id = context.get("staff_id")
         if not staff_id:
             # senderStaffId is only given for members of the robot's own organisation.
-            raise TransportError("the sessionWebhook has expired and the sender has no staffId "
-                                 "(not a member of this organisation), so the robot API cannot reach them",
-                                 permanent=True)
+            raise TransportError(
+                "the sessionWebhook has expired and the sender has no staffId "
+                "(not a member of this organisation), so the robot API cannot reach them",
+                permanent=True,
+            )
         return ONE_TO_ONE_PATH, {**body, "userIds": [staff_id]}
 
     def _send_by_robot_api(self, http: httpx.Client, reply: OutboundReply) -> None:
         path, body = self._robot_request(reply)
         api = DingTalkApi(http, self.api_base, bot_name=self.bot.name)
         response = api.send_with_token(
-            self._token_name, lambda: self._fetch_token(api),
-            lambda token: api.request("POST", path, "robot send", json=body,
-                                      headers={"x-acs-dingtalk-access-token": token}),
+            self._token_name,
+            lambda: self._fetch_token(api),
+            lambda token: api.request(
+                "POST", path, "robot send", json=body, headers={"x-acs-dingtalk-access-token": token}
+            ),
             lambda response: "HTTP 401" if response.status_code == 401 else None,
         )
         data = api.check(response, "robot send")
@@ -316,8 +331,11 @@ class DingTalkAdapter(Adapter):
             if staff_id in (data.get("flowControlledStaffIdList") or []):
                 raise TransportError(f"DingTalk rate-limited the message to {staff_id!r} (flow control)")
             if staff_id in (data.get("invalidStaffIdList") or []):
-                raise TransportError(f"DingTalk does not know the staffId {staff_id!r}, or the user cannot "
-                                     "receive messages from this robot", permanent=True)
+                raise TransportError(
+                    f"DingTalk does not know the staffId {staff_id!r}, or the user cannot "
+                    "receive messages from this robot",
+                    permanent=True,
+                )
 
     def _fetch_token(self, api: DingTalkApi) -> tuple[str, int]:
         credentials = {"appKey": self.bot.app_id, "appSecret": str(self.bot.app_secret)}

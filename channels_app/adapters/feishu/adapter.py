@@ -248,8 +248,11 @@ class FeishuAdapter(Adapter):
             sender_id = sender["sender_id"]["open_id"]
         except (KeyError, TypeError, ValueError):
             # Authentic but not the shape we know: acknowledge, so Feishu stops re-delivering.
-            logger.warning("bot %s: im.message.receive_v1 event %s without the expected fields; ignored",
-                           self.bot.name, header.get("event_id"))
+            logger.warning(
+                "bot %s: im.message.receive_v1 event %s without the expected fields; ignored",
+                self.bot.name,
+                header.get("event_id"),
+            )
             return None
         chat_type = "p2p" if message.get("chat_type") == "p2p" else "group"
         listed = message.get("mentions")
@@ -311,8 +314,7 @@ class FeishuAdapter(Adapter):
 
     def _fetch_tenant_token(self, api: FeishuApi) -> tuple[str, int]:
         credentials = {"app_id": self.bot.app_id, "app_secret": str(self.bot.app_secret)}
-        data = api.check(api.request("POST", AUTH_PATH, "tenant_access_token", json=credentials),
-                         "tenant_access_token")
+        data = api.check(api.request("POST", AUTH_PATH, "tenant_access_token", json=credentials), "tenant_access_token")
         token, expire = data.get("tenant_access_token"), data.get("expire")
         if not isinstance(token, str) or not token or not isinstance(expire, int):
             raise TransportError("tenant_access_token answer without a token or expire", permanent=False)
@@ -334,9 +336,11 @@ class FeishuAdapter(Adapter):
         url, params, body = self._message_request(reply)
         api = FeishuApi(http, self.api_base, bot_name=self.bot.name)
         response = api.send_with_token(
-            self._token_name, lambda: self._fetch_tenant_token(api),
-            lambda token: api.request("POST", url, "send", params=params, json=body,
-                                      headers={"Authorization": f"Bearer {token}"}),
+            self._token_name,
+            lambda: self._fetch_tenant_token(api),
+            lambda token: api.request(
+                "POST", url, "send", params=params, json=body, headers={"Authorization": f"Bearer {token}"}
+            ),
             api.dead_token,
         )
         api.check(response, "send")

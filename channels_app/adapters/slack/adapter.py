@@ -42,10 +42,17 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 # Errors that clear by themselves: rate limits and Slack's own trouble. Every other
 # `ok: false` is about our request or the bot's set-up, and repeating it changes nothing.
-TRANSIENT_ERRORS = frozenset({
-    "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-    "request_timeout", "team_added_to_org",
-})
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+    }
+)
 # What an admin should do about the permanent refusals a misconfigured bot gets most.
 ERROR_HINTS = {
     "invalid_auth": "Slack refused the bot token; copy the Bot User OAuth Token (xoxb-…) into the bot's Token field",
@@ -143,8 +150,7 @@ class SlackAdapter(Adapter):
             payload = jsonbody.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(
-                f"the body is not JSON ({exc}); only the Events API is served here, not slash commands "
-                "or interactivity"
+                f"the body is not JSON ({exc}); only the Events API is served here, not slash commands or interactivity"
             ) from exc
         if not isinstance(payload, dict):
             raise MalformedRequest("the body is JSON but not an object")
@@ -228,7 +234,7 @@ class SlackAdapter(Adapter):
         as the bot's (the event means the bot was mentioned), a DM's is kept."""
         match = _LEADING_MENTION.match(text)
         if match and (match.group(1) == bot_user_id or (bot_user_id is None and any_user)):
-            return text[match.end():]
+            return text[match.end() :]
         return text
 
     def ack(self, request: HttpRequest, message: ParsedMessage | None) -> HttpResponse:
@@ -244,8 +250,9 @@ class SlackAdapter(Adapter):
     def send(self, reply: OutboundReply, http: httpx.Client) -> None:
         token = str(self.bot.token or "")
         if not token:
-            raise TransportError("this bot has no bot token: copy the xoxb-… token into its Token field",
-                                 permanent=True)
+            raise TransportError(
+                "this bot has no bot token: copy the xoxb-… token into its Token field", permanent=True
+            )
         channel = reply.reply_context.get("channel") or reply.chat_id
         if not channel:
             raise TransportError("the reply has no channel to post to", permanent=True)
@@ -256,7 +263,10 @@ class SlackAdapter(Adapter):
         api = SlackApi(http, self.api_base, bot_name=self.bot.name)
         # The message of a transport error names no header, so the token does not leak.
         response = api.request(
-            "POST", POST_MESSAGE_PATH, "chat.postMessage", json=body,
+            "POST",
+            POST_MESSAGE_PATH,
+            "chat.postMessage",
+            json=body,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"},
         )
         api.check(response, "chat.postMessage")

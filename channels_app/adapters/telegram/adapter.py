@@ -58,8 +58,7 @@ def _clears_by_itself(code: object) -> bool:
 class TelegramApi(PlatformApi):
     label = "Telegram"
     # 403: blocked by the user, kicked from the group; 400: chat not found, text refused…
-    errors = ErrorTable(transient=CodesWhere(_clears_by_itself),
-                        hints={401: UNKNOWN_BOT_HINT, 404: UNKNOWN_BOT_HINT})
+    errors = ErrorTable(transient=CodesWhere(_clears_by_itself), hints={401: UNKNOWN_BOT_HINT, 404: UNKNOWN_BOT_HINT})
 
     @classmethod
     def check(cls, method: str, status: int, data: dict | None) -> dict:
@@ -69,8 +68,10 @@ class TelegramApi(PlatformApi):
         if data is None:
             if cls.is_transient_status(status):
                 raise TransportError(f"Telegram {method}: HTTP {status}")
-            raise TransportError(f"Telegram {method}: HTTP {status}, not an answer of the Bot API "
-                                 "(check the bot's API base URL)", permanent=True)
+            raise TransportError(
+                f"Telegram {method}: HTTP {status}, not an answer of the Bot API (check the bot's API base URL)",
+                permanent=True,
+            )
         code = data.get("error_code") if isinstance(data.get("error_code"), int) else status
         detail = f"Telegram {method}: {code} {str(data.get('description', ''))[:200]}"
         # Telegram says when to try again in the answer, not in a header.
@@ -94,7 +95,7 @@ class _Text:
         return (start, end) if end <= len(self.units) else None
 
     def slice(self, span: tuple[int, int]) -> str:
-        return self.units[span[0]:span[1]].decode("utf-16-le", errors="replace")
+        return self.units[span[0] : span[1]].decode("utf-16-le", errors="replace")
 
     def without(self, spans: list[tuple[int, int, bool]]) -> str:
         """The text with these (start, end, then_blanks) spans removed; with then_blanks,
@@ -106,7 +107,7 @@ class _Text:
             text += self.units[position:start].decode("utf-16-le", errors="replace")
             position = end
             if then_blanks:
-                while self.units[position:position + 2] in (b" \x00", b"\t\x00"):
+                while self.units[position : position + 2] in (b" \x00", b"\t\x00"):
                     position += 2
         return text + self.units[position:].decode("utf-16-le", errors="replace")
 
@@ -129,11 +130,14 @@ class TelegramAdapter(Adapter):
     def verify(self, request: HttpRequest) -> None:
         expected = str(self.bot.app_secret or "")
         if not expected:
-            raise SignatureInvalid("this bot has no webhook secret (App secret); "
-                                   "run manage.py telegram_set_webhook to set one")
+            raise SignatureInvalid(
+                "this bot has no webhook secret (App secret); run manage.py telegram_set_webhook to set one"
+            )
         if not _same_secret(request.headers.get(AUTH_HEADER), expected):
-            raise SignatureInvalid(f"{AUTH_HEADER} does not match the bot's App secret "
-                                   "(the webhook was set with another secret, or the request is not Telegram's)")
+            raise SignatureInvalid(
+                f"{AUTH_HEADER} does not match the bot's App secret "
+                "(the webhook was set with another secret, or the request is not Telegram's)"
+            )
         try:
             update = jsonbody.loads(request.body)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -194,8 +198,9 @@ class TelegramAdapter(Adapter):
     def _is_the_bot(self, user: object) -> bool:
         user = _dict(user)
         username = str(user.get("username") or "").lower()
-        return (self._bot_id is not None and user.get("id") == self._bot_id) or \
-            bool(self._username and username == self._username)
+        return (self._bot_id is not None and user.get("id") == self._bot_id) or bool(
+            self._username and username == self._username
+        )
 
     def _address(self, message: dict, text: str) -> tuple[bool, str]:
         """Whether the message is addressed to the bot, and its text without the bot's
@@ -229,8 +234,11 @@ class TelegramAdapter(Adapter):
     def _bot_token(self) -> str:
         token = str(self.bot.token or "")
         if not BOT_TOKEN.fullmatch(token):
-            raise TransportError("the bot's Token field is not a Telegram bot token (digits, a colon, then the "
-                                 "secret part, as BotFather shows it)", permanent=True)
+            raise TransportError(
+                "the bot's Token field is not a Telegram bot token (digits, a colon, then the "
+                "secret part, as BotFather shows it)",
+                permanent=True,
+            )
         return token
 
     def request(self, http: httpx.Client, method: str, payload: dict) -> tuple[int, dict | None]:

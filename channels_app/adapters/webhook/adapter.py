@@ -45,7 +45,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """"v1=" + hex HMAC-SHA256 keyed with the secret's UTF-8 bytes over "<timestamp>.<body>"."""
+    """ "v1=" + hex HMAC-SHA256 keyed with the secret's UTF-8 bytes over "<timestamp>.<body>"."""
     digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
     return f"{SIGNATURE_VERSION}={digest.hexdigest()}"
 
@@ -66,11 +66,11 @@ def check_outbound_url(url: object) -> str:
         raise TransportError('this bot has no outbound_url: set extra {"outbound_url": "https://…"}', permanent=True)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TransportError(f"outbound_url must be an http:// or https:// URL with a host, not {url[:100]!r}",
-                             permanent=True)
+        raise TransportError(
+            f"outbound_url must be an http:// or https:// URL with a host, not {url[:100]!r}", permanent=True
+        )
     if parts.username is not None or parts.password is not None:
-        raise TransportError("outbound_url must not carry credentials: the signature authenticates us",
-                             permanent=True)
+        raise TransportError("outbound_url must not carry credentials: the signature authenticates us", permanent=True)
     try:
         address = ipaddress.ip_address(parts.hostname)
     except ValueError:
@@ -122,7 +122,7 @@ class WebhookAdapter(Adapter):
         # Bytes, because compare_digest refuses non-ASCII str and the header is the caller's.
         if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
             raise SignatureInvalid(
-                f"{SIGNATURE_HEADER} does not match: sign \"<timestamp>.<raw body>\" with the bot's secret"
+                f'{SIGNATURE_HEADER} does not match: sign "<timestamp>.<raw body>" with the bot\'s secret'
             )
         valid_until = self.check_timestamp(int(timestamp))
         self.claim_nonce(f"sig:{given}", request.body, valid_until, signature_covers_message=True)
@@ -169,8 +169,7 @@ class WebhookAdapter(Adapter):
     def ack(self, request: HttpRequest, message: ParsedMessage | None) -> HttpResponse:
         # 202: recorded (now or by an earlier delivery of the same id); the reply follows
         # at outbound_url.
-        return JsonResponse({"status": "accepted", "id": message.platform_message_id if message else None},
-                            status=202)
+        return JsonResponse({"status": "accepted", "id": message.platform_message_id if message else None}, status=202)
 
     # -- outbound ----------------------------------------------------------------------
 
@@ -178,18 +177,22 @@ class WebhookAdapter(Adapter):
         url = check_outbound_url(self.bot.extra.get("outbound_url"))
         secret = str(self.bot.app_secret or "")
         if not secret:
-            raise TransportError("this bot has no shared secret to sign replies with; set its App Secret field",
-                                 permanent=True)
-        body = json.dumps({
-            "id": reply.idempotency_key,
-            "in_reply_to": reply.reply_context.get("message_id"),
-            "conversation": reply.chat_id,
-            "user": reply.sender_id,
-            "text": reply.text,
-            "part": reply.part,
-            "parts": reply.parts,
-            "metadata": reply.reply_context.get("metadata") or {},
-        }, ensure_ascii=False).encode("utf-8")
+            raise TransportError(
+                "this bot has no shared secret to sign replies with; set its App Secret field", permanent=True
+            )
+        body = json.dumps(
+            {
+                "id": reply.idempotency_key,
+                "in_reply_to": reply.reply_context.get("message_id"),
+                "conversation": reply.chat_id,
+                "user": reply.sender_id,
+                "text": reply.text,
+                "part": reply.part,
+                "parts": reply.parts,
+                "metadata": reply.reply_context.get("metadata") or {},
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
@@ -201,14 +204,16 @@ class WebhookAdapter(Adapter):
         host = urlsplit(url).netloc
         api = ReceiverApi(http, bot_name=self.bot.name)
         # Redirects are not followed: the signed reply goes to the configured URL only.
-        response = api.request("POST", url, host, content=body, headers=headers,
-                               timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
+        response = api.request(
+            "POST", url, host, content=body, headers=headers, timeout=OUTBOUND_TIMEOUT, follow_redirects=False
+        )
         status = response.status_code
         if 200 <= status < 300:
             return
         detail = f"{host} answered HTTP {status}: {response.text[:200]!r}"
         api.raise_for_status(response, detail)
         if 300 <= status < 400:
-            raise TransportError(f"{detail}; redirects are not followed, set outbound_url to the final URL",
-                                 permanent=True)
+            raise TransportError(
+                f"{detail}; redirects are not followed, set outbound_url to the final URL", permanent=True
+            )
         raise TransportError(detail, permanent=True)

@@ -100,10 +100,10 @@ ERRCODE_HINTS = {
     43004: "the user no longer follows the account",
     45002: "the text is longer than WeChat's 2048 bytes",
     45015: "the user has not written to the account for more than 48 hours; customer-service messages "
-           "only reach users within 48 h of their last message",
+    "only reach users within 48 h of their last message",
     45047: "more than 20 customer-service messages since the user's last message",
     48001: "this account may not use the customer-service API (unverified accounts cannot); "
-           'set extra {"customer_service_api": false} to answer with passive replies',
+    'set extra {"customer_service_api": false} to answer with passive replies',
 }
 
 
@@ -203,8 +203,9 @@ class WeChatMPAdapter(Adapter):
                 raise MalformedRequest("request body has no Encrypt element")
             if not self.bot.app_id:
                 raise SignatureInvalid("this bot has no AppID (App ID) configured")
-            if not signature_matches(params["msg_signature"], str(self.bot.token), params["timestamp"],
-                                     params["nonce"], encrypted):
+            if not signature_matches(
+                params["msg_signature"], str(self.bot.token), params["timestamp"], params["nonce"], encrypted
+            ):
                 raise SignatureInvalid("msg_signature does not match: the Token in WeChat and in Switchboard differ")
             valid_until = self.check_timestamp(int(params["timestamp"]))
             decrypted = decrypt_for_bot(self.bot, encrypted)
@@ -392,16 +393,25 @@ class WeChatMPAdapter(Adapter):
         openid = reply.reply_context.get("openid") or reply.chat_id
         payload = {"touser": openid, "msgtype": "text", "text": {"content": reply.text}}
         api = WeChatApi(http, self.api_base, bot_name=self.bot.name)
-        api.post_with_token(self._token_name, lambda: self._fetch_token(api), "/cgi-bin/message/custom/send",
-                            "message/custom/send", payload)
+        api.post_with_token(
+            self._token_name,
+            lambda: self._fetch_token(api),
+            "/cgi-bin/message/custom/send",
+            "message/custom/send",
+            payload,
+        )
 
     def _leave_for_callback(self, reply: OutboundReply) -> None:
         msgid = reply.reply_context.get("msgid")
         openid = reply.reply_context.get("openid") or reply.chat_id
         if not msgid or not openid:
             raise TransportError("this message has no MsgId/openid to answer passively", permanent=True)
-        part = QueuedPart(id=reply.idempotency_key, msgid=str(msgid), text=reply.text,
-                          question=str(reply.reply_context.get("question", "")))
+        part = QueuedPart(
+            id=reply.idempotency_key,
+            msgid=str(msgid),
+            text=reply.text,
+            question=str(reply.reply_context.get("question", "")),
+        )
         PassiveOutbox(self.bot.uuid).put(str(openid), part)
 
     @property
@@ -412,7 +422,9 @@ class WeChatMPAdapter(Adapter):
         # stable_token, not cgi-bin/token: it does not invalidate the token another tool
         # of the same account holds, and the AppSecret travels in the body, not the URL.
         credentials = {
-            "grant_type": "client_credential", "appid": str(self.bot.app_id), "secret": str(self.bot.app_secret),
+            "grant_type": "client_credential",
+            "appid": str(self.bot.app_id),
+            "secret": str(self.bot.app_secret),
         }
         data = api.call("POST", "/cgi-bin/stable_token", "stable_token", errcode_required=False, json=credentials)
         return api.token_from("stable_token", data)

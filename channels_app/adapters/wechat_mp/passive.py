@@ -74,8 +74,9 @@ class QueuedPart:
     question: str  # question_snippet() of that message
 
     def encode(self) -> str:
-        return json.dumps({"id": self.id, "msgid": self.msgid, "text": self.text, "question": self.question},
-                          ensure_ascii=False)
+        return json.dumps(
+            {"id": self.id, "msgid": self.msgid, "text": self.text, "question": self.question}, ensure_ascii=False
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> QueuedPart:

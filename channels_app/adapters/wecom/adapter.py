@@ -38,7 +38,7 @@ RETRYABLE_ERRCODES = BUSY_ERRCODES | {45033}  # and WeCom's own limit on concurr
 ERRCODE_HINTS = {
     40001: "the Secret is wrong (use this app's Secret, not another app's)",
     40013: "the CorpID (the bot's App ID) is wrong",
-    40056: 'the AgentId in the bot\'s extra {"agent_id": N} is not this app\'s',
+    40056: "the AgentId in the bot's extra {\"agent_id\": N} is not this app's",
     45002: "the text is longer than WeCom's 2048 bytes",
     48002: "the app lacks permission for this API",
     60020: "add this server's public IP to the app's 企业可信IP list in the WeCom admin console",
@@ -57,6 +57,7 @@ class WeComAdapter(Adapter):
     default_api_base = "https://qyapi.weixin.qq.com"
     max_reply_length = 2048
     length_unit = "bytes"
+
     def __init__(self, bot: Bot) -> None:
         super().__init__(bot)
         # message/send with enable_duplicate_check drops a request identical to one sent
@@ -166,11 +167,10 @@ class WeComAdapter(Adapter):
             payload["duplicate_check_interval"] = settings.WECOM_DUPLICATE_CHECK_INTERVAL
 
         api = WeComApi(http, self.api_base, bot_name=self.bot.name)
-        data = api.post_with_token(self._token_name, lambda: self._fetch_token(api), "/cgi-bin/message/send",
-                                   "message/send", payload)
+        data = api.post_with_token(
+            self._token_name, lambda: self._fetch_token(api), "/cgi-bin/message/send", "message/send", payload
+        )
         invalid = {user for user in str(data.get("invaliduser") or "").split("|") if user}
         if touser in invalid:
             # errcode 0, yet nobody got it: WeCom lists users it skipped.
-            raise TransportError(
-                f"WeCom did not deliver to {touser!r}: {ERRCODE_HINTS[81013]}", permanent=True
-            )
+            raise TransportError(f"WeCom did not deliver to {touser!r}: {ERRCODE_HINTS[81013]}", permanent=True)

@@ -62,8 +62,9 @@ def test_signature_vectors(vector_id):
     inputs, expected = vector(vector_id)["inputs"], vector(vector_id)["expected"]
     computed = signature(inputs["token"], inputs["timestamp"], inputs["nonce"], inputs["encrypt"])
     assert computed == expected["msg_signature"]
-    assert signature_matches(expected["msg_signature"], inputs["token"], inputs["timestamp"], inputs["nonce"],
-                             inputs["encrypt"])
+    assert signature_matches(
+        expected["msg_signature"], inputs["token"], inputs["timestamp"], inputs["nonce"], inputs["encrypt"]
+    )
 
 
 @pytest.mark.parametrize("vector_id", vector_ids(SCHEME, "url_verify"))

@@ -32,16 +32,22 @@ class DingTalkKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-dingtalk", platform="dingtalk", app_id=APP_KEY, app_secret=APP_SECRET, extra={},
+            name="contract-dingtalk",
+            platform="dingtalk",
+            app_id=APP_KEY,
+            app_secret=APP_SECRET,
+            extra={},
             api_base_url=fake_api_url,
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # DingTalk signs the millisecond timestamp: a re-delivery carries a later one.
         timestamp = signed_at * 1000 if signed_at is not None else int(time.time() * 1000) - 10_000 + delivery
-        return from_headers("POST", bot.callback_path, *dingtalk_callback(self._message(msg_id, text), APP_SECRET,
-                                                                          timestamp))
+        return from_headers(
+            "POST", bot.callback_path, *dingtalk_callback(self._message(msg_id, text), APP_SECRET, timestamp)
+        )
 
     def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
         # The sign covers only the timestamp: captured headers can carry any body.
@@ -50,16 +56,25 @@ class DingTalkKit(ContractKit):
     def _message(self, msg_id: str, text: str) -> dict:
         # The callback carries a sessionWebhook the fake issued (on the bot's API base).
         assert self.fake is not None, "DingTalkKit.text_message needs the running fake (kit.running())"
-        return dingtalk_message(text, msg_id=f"msg{msg_id}", conversation_id=CONVERSATION, sender_staff_id=STAFF_ID,
-                                robot_code=APP_KEY, session=self.fake.open_session(CONVERSATION))
+        return dingtalk_message(
+            text,
+            msg_id=f"msg{msg_id}",
+            conversation_id=CONVERSATION,
+            sender_staff_id=STAFF_ID,
+            robot_code=APP_KEY,
+            session=self.fake.open_session(CONVERSATION),
+        )
 
     def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
         return json.dumps(self._message(msg_id, text), ensure_ascii=False).encode("utf-8")
 
     def deliver(self, bot: Bot, payload: bytes) -> Request:
         timestamp = str(int(time.time() * 1000))  # DingTalk signs only this, not the body
-        headers = {"Content-Type": "application/json; charset=utf-8", "timestamp": timestamp,
-                   "sign": dingtalk_sign(timestamp, APP_SECRET)}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "timestamp": timestamp,
+            "sign": dingtalk_sign(timestamp, APP_SECRET),
+        }
         return from_headers("POST", bot.callback_path, headers, payload)
 
     def platform_message_id(self, msg_id: str) -> str:

@@ -51,8 +51,7 @@ def fresh(message: dict) -> dict:
 @pytest.fixture
 def make_dingtalk_bot(make_bot):
     def make(**fields) -> Bot:
-        return make_bot(**{"platform": "dingtalk", "extra": {}, "app_id": APP_KEY, "app_secret": APP_SECRET,
-                           **fields})
+        return make_bot(**{"platform": "dingtalk", "extra": {}, "app_id": APP_KEY, "app_secret": APP_SECRET, **fields})
 
     return make
 
@@ -230,8 +229,12 @@ def test_a_signature_is_refused_again_after_the_generic_nonce_window(client, bot
 def test_a_signature_from_ahead_of_our_clock_stays_claimed_until_it_would_be_stale(bot, rf):
     # Valid until signed time + 1 h: 90 minutes from now for one signed 30 minutes ahead.
     headers, body = signed(fresh(fixture("p2p_text")), timestamp=now_ms() + 1_800_000)
-    request = rf.post(bot.callback_path, data=body, content_type="application/json",
-                      headers={k: v for k, v in headers.items() if k != "Content-Type"})
+    request = rf.post(
+        bot.callback_path,
+        data=body,
+        content_type="application/json",
+        headers={k: v for k, v in headers.items() if k != "Content-Type"},
+    )
     adapter = DingTalkAdapter(bot)
     adapter.verify(request)
     ttl = get_redis_connection("default").ttl(replay.key(adapter.claimed_nonce))
@@ -278,33 +281,59 @@ def _body(raw: bytes):
 
 
 BAD_CORPUS = {
-    "forged sign": (lambda: signed(fresh(fixture("p2p_text")), secret="a guessed secret"), 401,
-                    "sign does not match"),
+    "forged sign": (lambda: signed(fresh(fixture("p2p_text")), secret="a guessed secret"), 401, "sign does not match"),
     "sign missing": (_headers_changed(sign=None), 401, "timestamp or sign header is missing"),
     "timestamp missing": (_headers_changed(timestamp=None), 401, "timestamp or sign header is missing"),
     "sign of another timestamp": (_headers_changed(timestamp=str(now_ms() + 5)), 401, "sign does not match"),
     "non-ascii sign": (_headers_changed(sign="签名"), 401, "sign does not match"),
-    "timestamp not a number": (lambda: signed(fresh(fixture("p2p_text")), timestamp="soon"), 400,
-                               "timestamp header is not a number"),
-    "stale timestamp": (lambda: signed(fresh(fixture("p2p_text")), timestamp=now_ms() - 3_700_000), 401,
-                        "refused (stale_timestamp)"),
-    "timestamp from the future": (lambda: signed(fresh(fixture("p2p_text")), timestamp=now_ms() + 3_700_000), 401,
-                                  "refused (stale_timestamp)"),
+    "timestamp not a number": (
+        lambda: signed(fresh(fixture("p2p_text")), timestamp="soon"),
+        400,
+        "timestamp header is not a number",
+    ),
+    "stale timestamp": (
+        lambda: signed(fresh(fixture("p2p_text")), timestamp=now_ms() - 3_700_000),
+        401,
+        "refused (stale_timestamp)",
+    ),
+    "timestamp from the future": (
+        lambda: signed(fresh(fixture("p2p_text")), timestamp=now_ms() + 3_700_000),
+        401,
+        "refused (stale_timestamp)",
+    ),
     "malformed json": (_body(b'{"msgtype": "text", "text": {"content"'), 400, "the body is not JSON"),
     "json but not an object": (_body(b'["msgtype", "text"]'), 400, "not an object"),
     "not utf-8": (_body(b'{"msgtype": "\xff\xfe"}'), 400, "the body is not JSON"),
-    "session webhook elsewhere": (_with(sessionWebhook="https://169.254.169.254/latest/meta-data/"), 400,
-                                  "is not on a DingTalk host"),
-    "session webhook on a look-alike host": (_with(sessionWebhook="https://oapi.dingtalk.com.evil.example/x"), 400,
-                                             "is not on a DingTalk host"),
-    "session webhook with user info": (_with(sessionWebhook="https://oapi.dingtalk.com@evil.example/x"), 400,
-                                       "is not on a DingTalk host"),
-    "session webhook over http": (_with(sessionWebhook="http://oapi.dingtalk.com/robot/sendBySession?session=1"),
-                                  400, "is not on a DingTalk host"),
-    "session webhook on another port": (_with(sessionWebhook="https://oapi.dingtalk.com:8443/robot/send"), 400,
-                                        "is not on a DingTalk host"),
-    "session webhook not a string": (_with(sessionWebhook=["https://oapi.dingtalk.com/"]), 400,
-                                     "is not on a DingTalk host"),
+    "session webhook elsewhere": (
+        _with(sessionWebhook="https://169.254.169.254/latest/meta-data/"),
+        400,
+        "is not on a DingTalk host",
+    ),
+    "session webhook on a look-alike host": (
+        _with(sessionWebhook="https://oapi.dingtalk.com.evil.example/x"),
+        400,
+        "is not on a DingTalk host",
+    ),
+    "session webhook with user info": (
+        _with(sessionWebhook="https://oapi.dingtalk.com@evil.example/x"),
+        400,
+        "is not on a DingTalk host",
+    ),
+    "session webhook over http": (
+        _with(sessionWebhook="http://oapi.dingtalk.com/robot/sendBySession?session=1"),
+        400,
+        "is not on a DingTalk host",
+    ),
+    "session webhook on another port": (
+        _with(sessionWebhook="https://oapi.dingtalk.com:8443/robot/send"),
+        400,
+        "is not on a DingTalk host",
+    ),
+    "session webhook not a string": (
+        _with(sessionWebhook=["https://oapi.dingtalk.com/"]),
+        400,
+        "is not on a DingTalk host",
+    ),
 }
 
 
@@ -368,15 +397,32 @@ def http():
         yield client
 
 
-def reply(text: str = "堪培拉。", *, group: bool = False, webhook: str | None = None, expires_ms: int | None = None,
-          staff_id: str = "manager4220", robot_code: str = APP_KEY) -> OutboundReply:
+def reply(
+    text: str = "堪培拉。",
+    *,
+    group: bool = False,
+    webhook: str | None = None,
+    expires_ms: int | None = None,
+    staff_id: str = "manager4220",
+    robot_code: str = APP_KEY,
+) -> OutboundReply:
     conversation = "cidGroupConversation==" if group else "cidp2pConversation=="
-    context = {"conversation_type": "2" if group else "1", "open_conversation_id": conversation,
-               "staff_id": staff_id, "robot_code": robot_code}
+    context = {
+        "conversation_type": "2" if group else "1",
+        "open_conversation_id": conversation,
+        "staff_id": staff_id,
+        "robot_code": robot_code,
+    }
     if webhook:
         context.update(session_webhook=webhook, session_webhook_expires_ms=expires_ms)
-    return OutboundReply(chat_id=conversation, chat_type="group" if group else "p2p", sender_id=staff_id, text=text,
-                         reply_context=context, idempotency_key="sb-1-0")
+    return OutboundReply(
+        chat_id=conversation,
+        chat_type="group" if group else "p2p",
+        sender_id=staff_id,
+        text=text,
+        reply_context=context,
+        idempotency_key="sb-1-0",
+    )
 
 
 def test_the_default_api_base_is_dingtalks(make_dingtalk_bot):
@@ -389,7 +435,8 @@ def test_a_live_session_webhook_gets_the_reply_without_a_token(dingtalk, sending
     [request] = dingtalk.received(r"/robot/sendBySession$")
     assert request.json() == {"msgtype": "text", "text": {"content": "堪培拉 — Canberra."}}
     assert [(m["via"], m["conversation_id"], m["text"]) for m in dingtalk.sent] == [
-        ("session", "cidp2pConversation==", "堪培拉 — Canberra.")]
+        ("session", "cidp2pConversation==", "堪培拉 — Canberra.")
+    ]
     assert dingtalk.token_requests() == 0
 
 
@@ -401,8 +448,12 @@ def test_an_expired_session_webhook_is_not_tried_and_the_robot_api_answers_one_t
     assert token_request.json() == {"appKey": APP_KEY, "appSecret": APP_SECRET}
     [request] = dingtalk.received(r"/oToMessages/batchSend$")
     body = request.json()
-    assert body == {"robotCode": APP_KEY, "userIds": ["manager4220"], "msgKey": "sampleText",
-                    "msgParam": body["msgParam"]}
+    assert body == {
+        "robotCode": APP_KEY,
+        "userIds": ["manager4220"],
+        "msgKey": "sampleText",
+        "msgParam": body["msgParam"],
+    }
     assert isinstance(body["msgParam"], str) and json.loads(body["msgParam"]) == {"content": "堪培拉。"}
     assert request.headers["x-acs-dingtalk-access-token"]
     assert [(m["via"], m["user_ids"], m["text"]) for m in dingtalk.sent] == [("oto", ["manager4220"], "堪培拉。")]
@@ -422,7 +473,10 @@ def test_an_expired_group_session_falls_back_to_the_group_send_api(dingtalk, sen
     [request] = dingtalk.received(r"/groupMessages/send$")
     body = request.json()
     assert (body["robotCode"], body["openConversationId"], body["msgKey"]) == (
-        APP_KEY, "cidGroupConversation==", "sampleText")
+        APP_KEY,
+        "cidGroupConversation==",
+        "sampleText",
+    )
     assert json.loads(body["msgParam"]) == {"content": "堪培拉。"}
     assert [(m["via"], m["conversation_id"]) for m in dingtalk.sent] == [("group", "cidGroupConversation==")]
 
@@ -479,8 +533,9 @@ def test_a_token_refused_twice_is_transient(dingtalk, sending_bot, http):
     ],
     ids=["busy", "rate limit", "gateway error", "http 429"],
 )
-def test_a_busy_session_webhook_is_transient_and_not_sent_twice_elsewhere(dingtalk, sending_bot, http, fault,
-                                                                           retry_after):
+def test_a_busy_session_webhook_is_transient_and_not_sent_twice_elsewhere(
+    dingtalk, sending_bot, http, fault, retry_after
+):
     webhook, expires = dingtalk.open_session("cidp2pConversation==")
     dingtalk.plan(r"/robot/sendBySession$", fault)
     with pytest.raises(TransportError) as error:

@@ -30,28 +30,44 @@ class FeishuKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-feishu", platform="feishu", app_id=APP_ID, app_secret=APP_SECRET,
-            token=VERIFICATION_TOKEN, encoding_aes_key=ENCRYPT_KEY, extra={}, api_base_url=fake_api_url,
+            name="contract-feishu",
+            platform="feishu",
+            app_id=APP_ID,
+            app_secret=APP_SECRET,
+            token=VERIFICATION_TOKEN,
+            encoding_aes_key=ENCRYPT_KEY,
+            extra={},
+            api_base_url=fake_api_url,
         )
 
     def platform_message_id(self, msg_id: str) -> str:
         return f"om_{msg_id}"
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # A re-delivery repeats the event (its id), encrypted and signed anew with a new nonce.
-        return from_headers("POST", bot.callback_path, *feishu_callback(self._event(msg_id, text), ENCRYPT_KEY,
-                                                                        signed_at))
+        return from_headers(
+            "POST", bot.callback_path, *feishu_callback(self._event(msg_id, text), ENCRYPT_KEY, signed_at)
+        )
 
     def reuse_nonce(self, bot: Bot, request: Request, msg_id: str, text: str) -> Request:
         headers = request.headers
-        return from_headers("POST", bot.callback_path, *feishu_callback(
-            self._event(msg_id, text), ENCRYPT_KEY, headers["X-Lark-Request-Timestamp"],
-            headers["X-Lark-Request-Nonce"]))
+        return from_headers(
+            "POST",
+            bot.callback_path,
+            *feishu_callback(
+                self._event(msg_id, text),
+                ENCRYPT_KEY,
+                headers["X-Lark-Request-Timestamp"],
+                headers["X-Lark-Request-Nonce"],
+            ),
+        )
 
     def _event(self, msg_id: str, text: str) -> dict:
-        event = feishu_event(APP_ID, VERIFICATION_TOKEN, self.platform_message_id(msg_id), "oc_p2pchat",
-                             "p2p", SENDER, text)
+        event = feishu_event(
+            APP_ID, VERIFICATION_TOKEN, self.platform_message_id(msg_id), "oc_p2pchat", "p2p", SENDER, text
+        )
         event["header"]["event_id"] = f"ev_{msg_id}"
         return event
 

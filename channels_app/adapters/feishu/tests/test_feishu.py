@@ -50,10 +50,17 @@ def fresh(event: dict) -> dict:
 @pytest.fixture
 def make_feishu_bot(make_bot):
     def make(**fields) -> Bot:
-        return make_bot(**{
-            "platform": "feishu", "extra": {}, "app_id": APP_ID, "app_secret": "fixture-app-secret",
-            "token": VERIFICATION_TOKEN, "encoding_aes_key": ENCRYPT_KEY, **fields,
-        })
+        return make_bot(
+            **{
+                "platform": "feishu",
+                "extra": {},
+                "app_id": APP_ID,
+                "app_secret": "fixture-app-secret",
+                "token": VERIFICATION_TOKEN,
+                "encoding_aes_key": ENCRYPT_KEY,
+                **fields,
+            }
+        )
 
     return make
 
@@ -159,7 +166,8 @@ def test_signed_encrypted_p2p_text_is_recorded(client, bot):
     assert row.text == "What is the capital of Australia?"
     assert row.mentioned is True
     assert row.raw["reply_context"] == {
-        "message_id": "om_5ce6d572455d361153b7cb51da133945", "chat_id": "oc_a0553eda9014c201e6969b478895c230",
+        "message_id": "om_5ce6d572455d361153b7cb51da133945",
+        "chat_id": "oc_a0553eda9014c201e6969b478895c230",
     }
     # The stored event must not carry the Verification Token (it lives in the header).
     assert VERIFICATION_TOKEN not in json.dumps(row.raw)
@@ -191,9 +199,16 @@ def test_group_message_with_mention_is_recorded_without_the_leading_placeholder(
 
 def test_with_bot_open_id_the_bots_placeholder_is_dropped_wherever_it_is(client, make_feishu_bot):
     bot = make_feishu_bot(extra={"bot_open_id": BOT_OPEN_ID})
-    event = feishu_event(APP_ID, VERIFICATION_TOKEN, "om_1", "oc_g", "group", "ou_sender",
-                         "what did @_user_1 say? @_user_2",
-                         [{"open_id": ALICE_OPEN_ID, "name": "Alice"}, {"open_id": BOT_OPEN_ID, "name": "Switchboard"}])
+    event = feishu_event(
+        APP_ID,
+        VERIFICATION_TOKEN,
+        "om_1",
+        "oc_g",
+        "group",
+        "ou_sender",
+        "what did @_user_1 say? @_user_2",
+        [{"open_id": ALICE_OPEN_ID, "name": "Alice"}, {"open_id": BOT_OPEN_ID, "name": "Switchboard"}],
+    )
     assert post(client, bot, *feishu_callback(event, ENCRYPT_KEY)).status_code == 200
     row = rows(bot).get()
     assert row.mentioned is True
@@ -202,17 +217,32 @@ def test_with_bot_open_id_the_bots_placeholder_is_dropped_wherever_it_is(client,
 
 def test_at_all_is_kept_readable_and_does_not_count_as_a_mention_of_the_bot(client, make_feishu_bot):
     bot = make_feishu_bot(extra={"bot_open_id": BOT_OPEN_ID})
-    event = feishu_event(APP_ID, VERIFICATION_TOKEN, "om_3", "oc_g", "group", "ou_sender",
-                         "@_all standup moved; @_user_1 please remind everyone",
-                         [{"open_id": BOT_OPEN_ID, "name": "Switchboard"}])
+    event = feishu_event(
+        APP_ID,
+        VERIFICATION_TOKEN,
+        "om_3",
+        "oc_g",
+        "group",
+        "ou_sender",
+        "@_all standup moved; @_user_1 please remind everyone",
+        [{"open_id": BOT_OPEN_ID, "name": "Switchboard"}],
+    )
     assert post(client, bot, *feishu_callback(event, ENCRYPT_KEY)).status_code == 200
     assert rows(bot).get().text == "@all standup moved; please remind everyone"
 
 
 def test_with_bot_open_id_a_group_message_mentioning_only_someone_else_is_not_for_us(client, make_feishu_bot):
     bot = make_feishu_bot(extra={"bot_open_id": BOT_OPEN_ID})
-    event = feishu_event(APP_ID, VERIFICATION_TOKEN, "om_2", "oc_g", "group", "ou_sender",
-                         "@_user_1 lunch?", [{"open_id": ALICE_OPEN_ID, "name": "Alice"}])
+    event = feishu_event(
+        APP_ID,
+        VERIFICATION_TOKEN,
+        "om_2",
+        "oc_g",
+        "group",
+        "ou_sender",
+        "@_user_1 lunch?",
+        [{"open_id": ALICE_OPEN_ID, "name": "Alice"}],
+    )
     assert post(client, bot, *feishu_callback(event, ENCRYPT_KEY)).status_code == 200
     assert not rows(bot).exists()
 
@@ -225,7 +255,8 @@ def test_a_group_mention_is_answered_when_the_bot_does_not_require_mentions(clie
 
 
 @pytest.mark.parametrize(
-    "change", ["non_message_event", "image_message", "bare_mention", "app_sender", "content_not_json", "odd_shapes"],
+    "change",
+    ["non_message_event", "image_message", "bare_mention", "app_sender", "content_not_json", "odd_shapes"],
 )
 def test_events_without_a_question_are_acknowledged_and_not_recorded(client, bot, change):
     if change == "non_message_event":
@@ -370,8 +401,13 @@ def test_bad_plain_events_are_refused(client, plain_bot, caplog, change, status,
 
 
 def v1_event(token: str = VERIFICATION_TOKEN) -> dict:
-    return {"uuid": uuid.uuid4().hex, "token": token, "ts": f"{time.time():.7f}", "type": "event_callback",
-            "event": {"type": "message", "msg_type": "text", "text": "hi", "open_chat_id": "oc_1"}}
+    return {
+        "uuid": uuid.uuid4().hex,
+        "token": token,
+        "ts": f"{time.time():.7f}",
+        "type": "event_callback",
+        "event": {"type": "message", "msg_type": "text", "text": "hi", "open_chat_id": "oc_1"},
+    }
 
 
 def test_a_plain_v1_event_is_acknowledged_and_its_uuid_refused_with_another_body(client, plain_bot):
@@ -379,8 +415,10 @@ def test_a_plain_v1_event_is_acknowledged_and_its_uuid_refused_with_another_body
     headers, body = feishu_callback(event)
     first, again = post(client, plain_bot, headers, body), post(client, plain_bot, headers, body)
     assert (first.status_code, first.content, again.status_code, again.content) == (200, b"{}", 200, b"{}")
-    assert post(client, plain_bot, *feishu_callback({**event, "event": {**event["event"], "text": "no"}})).status_code \
+    assert (
+        post(client, plain_bot, *feishu_callback({**event, "event": {**event["event"], "text": "no"}})).status_code
         == 409
+    )
     assert not rows(plain_bot).exists()  # only v2 im.message.receive_v1 carries messages we answer
 
 
@@ -435,13 +473,17 @@ def http():
 
 def reply(text: str = "Canberra.", key: str = "msg-1:0", message_id: str | None = "om_in", chat_id: str = "oc_chat"):
     context = {"chat_id": chat_id, **({"message_id": message_id} if message_id else {})}
-    return OutboundReply(chat_id=chat_id, chat_type="p2p", sender_id="ou_user", text=text,
-                         reply_context=context, idempotency_key=key)
+    return OutboundReply(
+        chat_id=chat_id, chat_type="p2p", sender_id="ou_user", text=text, reply_context=context, idempotency_key=key
+    )
 
 
 def test_default_api_base_is_feishu_and_lark_overrides_it(make_feishu_bot):
     assert FeishuAdapter(make_feishu_bot()).api_base == "https://open.feishu.cn"
-    assert FeishuAdapter(make_feishu_bot(api_base_url="https://open.larksuite.com/")).api_base == "https://open.larksuite.com"
+    assert (
+        FeishuAdapter(make_feishu_bot(api_base_url="https://open.larksuite.com/")).api_base
+        == "https://open.larksuite.com"
+    )
 
 
 def test_a_reply_goes_to_the_reply_api_with_content_as_a_json_string_and_the_uuid(feishu, sending_bot, http):

@@ -30,7 +30,11 @@ class SlackKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-slack", platform="slack", app_secret=SIGNING_SECRET, token=BOT_TOKEN, extra={},
+            name="contract-slack",
+            platform="slack",
+            app_secret=SIGNING_SECRET,
+            token=BOT_TOKEN,
+            extra={},
             api_base_url=fake_api_url,
         )
 
@@ -42,16 +46,19 @@ class SlackKit(ContractKit):
         return f"{CHANNEL}:{self._ts(msg_id)}"
 
     def _event(self, msg_id: str, text: str) -> dict:
-        return slack_event("message", CHANNEL, USER, text, ts=self._ts(msg_id), channel_type="im",
-                           event_id=f"Ev{msg_id}")
+        return slack_event(
+            "message", CHANNEL, USER, text, ts=self._ts(msg_id), channel_type="im", event_id=f"Ev{msg_id}"
+        )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # Slack's retry repeats the event, signed anew with its own timestamp.
         timestamp = signed_at if signed_at is not None else int(time.time()) - 10 + delivery
         retry = delivery - 1 if delivery > 1 else None
-        return from_headers("POST", bot.callback_path,
-                            *slack_callback(self._event(msg_id, text), SIGNING_SECRET, timestamp, retry))
+        return from_headers(
+            "POST", bot.callback_path, *slack_callback(self._event(msg_id, text), SIGNING_SECRET, timestamp, retry)
+        )
 
     def message_payload(self, bot: Bot, msg_id: str, text: str) -> bytes:
         return json.dumps(self._event(msg_id, text)).encode()
@@ -71,8 +78,9 @@ class SlackKit(ContractKit):
         def check(response) -> None:
             assert response.json() == {"challenge": CHALLENGE}
 
-        return Handshake(from_headers("POST", bot.callback_path, *slack_callback(challenge, SIGNING_SECRET)),
-                         200, check)
+        return Handshake(
+            from_headers("POST", bot.callback_path, *slack_callback(challenge, SIGNING_SECRET)), 200, check
+        )
 
     def sent_texts(self, fake: FakeSlack) -> list[str]:
         return [message["text"] for message in fake.sent if message["channel"] == CHANNEL]

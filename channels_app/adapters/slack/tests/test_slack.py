@@ -37,8 +37,9 @@ def fixture(name: str) -> dict:
 @pytest.fixture
 def make_slack_bot(make_bot):
     def make(**fields) -> Bot:
-        return make_bot(**{"platform": "slack", "extra": {}, "app_secret": SIGNING_SECRET,
-                           "token": DEFAULT_BOT_TOKEN, **fields})
+        return make_bot(
+            **{"platform": "slack", "extra": {}, "app_secret": SIGNING_SECRET, "token": DEFAULT_BOT_TOKEN, **fields}
+        )
 
     return make
 
@@ -82,8 +83,11 @@ def test_the_published_vector_v28_passes_the_views_signature_check(client, make_
     inputs, expected = vector("v28")["inputs"], vector("v28")["expected"]
     settings.CALLBACK_TIMESTAMP_WINDOW = 10**10
     bot = make_slack_bot(app_secret=inputs["signing_secret"])
-    headers = {"Content-Type": "application/x-www-form-urlencoded",
-               "X-Slack-Request-Timestamp": inputs["timestamp"], "X-Slack-Signature": expected["signature"]}
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": inputs["timestamp"],
+        "X-Slack-Signature": expected["signature"],
+    }
     with caplog.at_level(logging.WARNING, logger="switchboard.callbacks"):
         accepted_signature = post(client, bot, headers, inputs["body"].encode())
         tampered = post(client, bot, headers, inputs["body"].replace("text=", "text=x").encode())
@@ -168,8 +172,12 @@ def test_an_app_mention_inside_a_thread_is_answered_in_that_thread(client, bot):
     ("event_type", "text", "bot_user_id", "expected"),
     [
         ("app_mention", "<@U0SWITCHBD|switchboard>: hi there", BOT_USER, "hi there"),
-        ("app_mention", "<@U0BOB00001> wants <@U0SWITCHBD> to answer", BOT_USER,
-         "<@U0BOB00001> wants <@U0SWITCHBD> to answer"),
+        (
+            "app_mention",
+            "<@U0BOB00001> wants <@U0SWITCHBD> to answer",
+            BOT_USER,
+            "<@U0BOB00001> wants <@U0SWITCHBD> to answer",
+        ),
         ("app_mention", "<@U0WHOEVER> hi", None, "hi"),  # unknown bot id: the leading mention is the bot's
         ("message", "<@U0SWITCHBD> hi", BOT_USER, "hi"),
         ("message", "<@U0BOB00001> said hi", None, "<@U0BOB00001> said hi"),
@@ -215,9 +223,13 @@ def _group_dm():
 
 def _other_event():
     payload = fixture("message_im")
-    payload["event"] = {"type": "reaction_added", "user": "U0ALICE001", "reaction": "thumbsup",
-                        "item": {"type": "message", "channel": "D0DIRECT01", "ts": "1732545119.000200"},
-                        "event_ts": "1732545300.000700"}
+    payload["event"] = {
+        "type": "reaction_added",
+        "user": "U0ALICE001",
+        "reaction": "thumbsup",
+        "item": {"type": "message", "channel": "D0DIRECT01", "ts": "1732545119.000200"},
+        "event_ts": "1732545300.000700",
+    }
     return payload
 
 
@@ -319,21 +331,26 @@ def _missing_event_field(field: str):
 
 BAD_CORPUS = {
     "forged signature": (_forged, 401, "X-Slack-Signature does not match"),
-    "another app's secret": (lambda: slack_callback(fixture("message_im"), "not our secret"), 401,
-                             "X-Slack-Signature does not match"),
+    "another app's secret": (
+        lambda: slack_callback(fixture("message_im"), "not our secret"),
+        401,
+        "X-Slack-Signature does not match",
+    ),
     "body changed after signing": (_body_changed_after_signing, 401, "X-Slack-Signature does not match"),
     "signature header missing": (lambda: _without("X-Slack-Signature"), 401, "X-Slack-Signature is missing"),
     "timestamp header missing": (lambda: _without("X-Slack-Request-Timestamp"), 401, "is missing"),
     "stale timestamp": (lambda: _signed(timestamp=int(time.time()) - 301 - 5), 401, "refused (stale_timestamp)"),
-    "timestamp from the future": (lambda: _signed(timestamp=int(time.time()) + 3600), 401,
-                                  "refused (stale_timestamp)"),
+    "timestamp from the future": (lambda: _signed(timestamp=int(time.time()) + 3600), 401, "refused (stale_timestamp)"),
     "timestamp not a number": (lambda: _signed(timestamp="1e9"), 400, "not a number of seconds"),
     "malformed json": (lambda: _signed(b'{"type": "event_callback", '), 400, "the body is not JSON"),
     "json but not an object": (lambda: _signed(b'["event_callback"]'), 400, "not an object"),
     "no type": (lambda: _signed({"event_id": "Ev1", "event": {}}), 400, "the body has no type"),
     "no event_id": (lambda: _missing_event_field("event_id"), 400, "without an event object or an event_id"),
-    "event not an object": (lambda: _signed({**fixture("message_im"), "event": "message"}), 400,
-                            "without an event object"),
+    "event not an object": (
+        lambda: _signed({**fixture("message_im"), "event": "message"}),
+        400,
+        "without an event object",
+    ),
     "message without channel": (lambda: _missing_event_field("channel"), 400, "without user, channel or ts"),
     "message without ts": (lambda: _missing_event_field("ts"), 400, "without user, channel or ts"),
 }
@@ -372,8 +389,9 @@ def test_an_unknown_bot_is_404(client, db):
 
 
 def test_a_bot_of_another_platform_is_404(client, make_bot):
-    webhook_bot = make_bot(platform="webhook", app_secret=SIGNING_SECRET,
-                           extra={"outbound_url": "http://127.0.0.1:9/replies"})
+    webhook_bot = make_bot(
+        platform="webhook", app_secret=SIGNING_SECRET, extra={"outbound_url": "http://127.0.0.1:9/replies"}
+    )
     response = post(client, webhook_bot, *slack_callback(fixture("message_im"), SIGNING_SECRET), platform="slack")
     assert response.status_code == 404
     assert not InboundMessage.objects.exists()
@@ -407,8 +425,14 @@ def http():
 
 def reply(text: str = "Canberra.", channel: str = "D0DIRECT01", thread_ts: str | None = "1732545119.000200"):
     context = {"channel": channel, **({"thread_ts": thread_ts} if thread_ts else {})}
-    return OutboundReply(chat_id=channel, chat_type="p2p", sender_id="U0ALICE001", text=text,
-                         reply_context=context, idempotency_key="sb-0-1-0")
+    return OutboundReply(
+        chat_id=channel,
+        chat_type="p2p",
+        sender_id="U0ALICE001",
+        text=text,
+        reply_context=context,
+        idempotency_key="sb-0-1-0",
+    )
 
 
 def test_default_api_base_is_slack_and_a_bot_may_override_it(make_slack_bot):
@@ -424,7 +448,8 @@ def test_a_reply_is_posted_in_the_thread_with_the_bot_token(slack, sending_bot, 
     assert request.headers["content-type"] == "application/json; charset=utf-8"
     assert request.json() == {"channel": "D0DIRECT01", "text": "Canberra — 堪培拉.", "thread_ts": "1732545119.000200"}
     assert [(m["channel"], m["thread_ts"], m["text"]) for m in slack.sent] == [
-        ("D0DIRECT01", "1732545119.000200", "Canberra — 堪培拉.")]
+        ("D0DIRECT01", "1732545119.000200", "Canberra — 堪培拉.")
+    ]
 
 
 def test_without_a_thread_ts_the_reply_is_a_new_message_in_the_channel(slack, sending_bot, http):
@@ -542,7 +567,15 @@ def test_a_recorded_message_carries_what_send_needs(client, bot, slack, http):
     assert deliver(client, bot, payload).status_code == 200
     row = rows(bot).get()
     bot.api_base_url = slack.url
-    SlackAdapter(bot).send(OutboundReply(chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id,
-                                         text="done", reply_context=row.raw["reply_context"],
-                                         idempotency_key="k"), http)
+    SlackAdapter(bot).send(
+        OutboundReply(
+            chat_id=row.chat_id,
+            chat_type=row.chat_type,
+            sender_id=row.sender_id,
+            text="done",
+            reply_context=row.raw["reply_context"],
+            idempotency_key="k",
+        ),
+        http,
+    )
     assert slack.received()[0].json() == {"channel": "C0GENERAL1", "text": "done", "thread_ts": "1732545000.000100"}

@@ -32,8 +32,12 @@ class TelegramKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-telegram", platform="telegram", token=TOKEN, app_secret=SECRET,
-            extra={"bot_username": USERNAME}, api_base_url=fake_api_url,
+            name="contract-telegram",
+            platform="telegram",
+            token=TOKEN,
+            app_secret=SECRET,
+            extra={"bot_username": USERNAME},
+            api_base_url=fake_api_url,
         )
 
     @staticmethod
@@ -44,11 +48,17 @@ class TelegramKit(ContractKit):
         return f"{CHAT_ID}:{self._message_id(msg_id)}"
 
     def _update(self, msg_id: str, text: str) -> dict:
-        return telegram_update(text, chat_id=CHAT_ID, user_id=CHAT_ID, message_id=self._message_id(msg_id),
-                               update_id=self._message_id(msg_id))
+        return telegram_update(
+            text,
+            chat_id=CHAT_ID,
+            user_id=CHAT_ID,
+            message_id=self._message_id(msg_id),
+            update_id=self._message_id(msg_id),
+        )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # Telegram re-delivers the very same update (same update_id) until it gets a 2xx.
         return from_headers("POST", bot.callback_path, *telegram_callback(self._update(msg_id, text), SECRET))
 
@@ -65,8 +75,15 @@ class TelegramKit(ContractKit):
 
     def rate_limited(self, retry_after: str) -> Fault:
         description = f"Too Many Requests: retry after {retry_after}"
-        return Fault(429, {"ok": False, "error_code": 429, "description": description,
-                           "parameters": {"retry_after": int(retry_after)}})
+        return Fault(
+            429,
+            {
+                "ok": False,
+                "error_code": 429,
+                "description": description,
+                "parameters": {"retry_after": int(retry_after)},
+            },
+        )
 
     def sent_texts(self, fake: FakeTelegram) -> list[str]:
         return [message["text"] for message in fake.sent if message["chat_id"] == CHAT_ID]

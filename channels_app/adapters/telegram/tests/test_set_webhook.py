@@ -27,9 +27,17 @@ def telegram():
 @pytest.fixture
 def make_telegram_bot(make_bot, telegram):
     def make(**fields) -> Bot:
-        return make_bot(**{"name": "support", "platform": "telegram", "token": TOKEN, "app_secret": "",
-                           "api_base_url": telegram.url, "extra": {"bot_username": "switchboard_demo_bot"},
-                           **fields})
+        return make_bot(
+            **{
+                "name": "support",
+                "platform": "telegram",
+                "token": TOKEN,
+                "app_secret": "",
+                "api_base_url": telegram.url,
+                "extra": {"bot_username": "switchboard_demo_bot"},
+                **fields,
+            }
+        )
 
     return make
 
@@ -48,8 +56,12 @@ def test_it_generates_and_saves_a_secret_and_sets_the_webhook(make_telegram_bot,
     assert re.fullmatch(r"[A-Za-z0-9_-]{32,256}", secret)
     [request] = telegram.received(r"/setWebhook$")
     assert request.path == f"/bot{TOKEN}/setWebhook"
-    assert request.json() == {"url": f"{BASE}/callback/telegram/{bot.uuid}/", "secret_token": secret,
-                              "allowed_updates": ["message"], "drop_pending_updates": False}
+    assert request.json() == {
+        "url": f"{BASE}/callback/telegram/{bot.uuid}/",
+        "secret_token": secret,
+        "allowed_updates": ["message"],
+        "drop_pending_updates": False,
+    }
     assert f"support: setWebhook {BASE}/callback/telegram/{bot.uuid}/: Webhook was set" in out
     assert "new secret token was generated" in out
     assert secret not in out and TOKEN not in out
@@ -59,8 +71,12 @@ def test_the_webhook_it_sets_is_accepted_by_the_callback(client, make_telegram_b
     bot = make_telegram_bot()
     run("support", "--base-url", BASE)
     secret = telegram.webhooks[TOKEN]["secret_token"]
-    response = client.post(bot.callback_path, data=telegram_callback(telegram_update("hi"), secret)[1],
-                           content_type="application/json", headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+    response = client.post(
+        bot.callback_path,
+        data=telegram_callback(telegram_update("hi"), secret)[1],
+        content_type="application/json",
+        headers={"X-Telegram-Bot-Api-Secret-Token": secret},
+    )
     assert response.status_code == 200
     assert InboundMessage.objects.get(bot=bot).text == "hi"
 

@@ -36,8 +36,15 @@ def fixture(name: str) -> dict:
 @pytest.fixture
 def make_telegram_bot(make_bot):
     def make(**fields) -> Bot:
-        return make_bot(**{"platform": "telegram", "extra": {"bot_username": USERNAME}, "token": TOKEN,
-                           "app_secret": SECRET, **fields})
+        return make_bot(
+            **{
+                "platform": "telegram",
+                "extra": {"bot_username": USERNAME},
+                "token": TOKEN,
+                "app_secret": SECRET,
+                **fields,
+            }
+        )
 
     return make
 
@@ -113,8 +120,14 @@ def test_a_reply_to_someone_else_is_not_for_the_bot(client, bot):
 
 def test_a_text_mention_of_the_bot_counts(client, bot):
     text = "Switchboard, what time is it?"
-    update = telegram_update(text, chat_id=-100777, chat_type="group", entities=[
-        entity(text, "Switchboard", "text_mention", user={"id": 7000000002, "is_bot": True, "first_name": "S"})])
+    update = telegram_update(
+        text,
+        chat_id=-100777,
+        chat_type="group",
+        entities=[
+            entity(text, "Switchboard", "text_mention", user={"id": 7000000002, "is_bot": True, "first_name": "S"})
+        ],
+    )
     assert deliver(client, bot, update).status_code == 200
     assert rows(bot).get().text == ", what time is it?"
 
@@ -151,10 +164,15 @@ def test_a_group_message_is_answered_when_mentions_are_not_required(client, make
 
 def test_an_anonymous_admin_speaks_as_the_group(client, bot):
     text = f"@{USERNAME} status?"
-    update = telegram_update(text, chat_id=-1001234567890, chat_type="supergroup",
-                             entities=[entity(text, f"@{USERNAME}")])
-    update["message"]["from"] = {"id": 1087968824, "is_bot": True, "first_name": "Group",
-                                 "username": "GroupAnonymousBot"}
+    update = telegram_update(
+        text, chat_id=-1001234567890, chat_type="supergroup", entities=[entity(text, f"@{USERNAME}")]
+    )
+    update["message"]["from"] = {
+        "id": 1087968824,
+        "is_bot": True,
+        "first_name": "Group",
+        "username": "GroupAnonymousBot",
+    }
     update["message"]["sender_chat"] = {"id": -1001234567890, "title": "Switchboard team", "type": "supergroup"}
     assert deliver(client, bot, update).status_code == 200
     row = rows(bot).get()
@@ -177,11 +195,21 @@ IGNORED = {
     "callback query": lambda: {"update_id": 871234511, "callback_query": {"id": "4382bfdwdsb323b2d9", "data": "x"}},
     "from another bot": _changed("private_text", lambda u: u["message"]["from"].update(is_bot=True)),
     "channel chat": _changed("private_text", lambda u: u["message"]["chat"].update(type="channel")),
-    "bare mention": lambda: telegram_update(f"@{USERNAME}", chat_id=-100777, chat_type="group",
-                                            entities=[entity(f"@{USERNAME}", f"@{USERNAME}")]),
-    "odd entities": _changed("group_mention", lambda u: u["message"].update(entities=[
-        {"offset": "3", "length": 21, "type": "mention"}, 7, {"offset": 50, "length": 99, "type": "mention"},
-        {"offset": 3, "length": 0, "type": "mention"}, {"offset": -1, "length": 4, "type": "mention"}])),
+    "bare mention": lambda: telegram_update(
+        f"@{USERNAME}", chat_id=-100777, chat_type="group", entities=[entity(f"@{USERNAME}", f"@{USERNAME}")]
+    ),
+    "odd entities": _changed(
+        "group_mention",
+        lambda u: u["message"].update(
+            entities=[
+                {"offset": "3", "length": 21, "type": "mention"},
+                7,
+                {"offset": 50, "length": 99, "type": "mention"},
+                {"offset": 3, "length": 0, "type": "mention"},
+                {"offset": -1, "length": 4, "type": "mention"},
+            ]
+        ),
+    ),
     "chat id not a number": _changed("private_text", lambda u: u["message"]["chat"].update(id="5123456789")),
     "message not an object": lambda: {"update_id": 871234512, "message": "hello"},
 }
@@ -224,18 +252,33 @@ def test_the_same_message_in_a_new_update_is_recorded_once(client, bot):
 # -- the bad corpus: 4xx, never 500, nothing recorded, and refused for the right reason
 
 BAD_CORPUS = {
-    "forged secret": (lambda: telegram_callback(fixture("private_text"), "a-guessed-secret"), 401,
-                      "X-Telegram-Bot-Api-Secret-Token does not match"),
-    "secret of another case": (lambda: telegram_callback(fixture("private_text"), SECRET.upper()), 401,
-                               "does not match"),
+    "forged secret": (
+        lambda: telegram_callback(fixture("private_text"), "a-guessed-secret"),
+        401,
+        "X-Telegram-Bot-Api-Secret-Token does not match",
+    ),
+    "secret of another case": (
+        lambda: telegram_callback(fixture("private_text"), SECRET.upper()),
+        401,
+        "does not match",
+    ),
     "secret missing": (lambda: telegram_callback(fixture("private_text"), None), 401, "does not match"),
     "non-ascii secret": (lambda: telegram_callback(fixture("private_text"), "сек"), 401, "does not match"),
-    "malformed json": (lambda: ({"X-Telegram-Bot-Api-Secret-Token": SECRET}, b'{"update_id": 1, "message": {'),
-                       400, "the body is not JSON"),
-    "json but not an object": (lambda: ({"X-Telegram-Bot-Api-Secret-Token": SECRET}, b"[871234501]"), 400,
-                               "not an object"),
-    "no update_id": (lambda: telegram_callback({"message": fixture("private_text")["message"]}, SECRET), 400,
-                     "no update_id"),
+    "malformed json": (
+        lambda: ({"X-Telegram-Bot-Api-Secret-Token": SECRET}, b'{"update_id": 1, "message": {'),
+        400,
+        "the body is not JSON",
+    ),
+    "json but not an object": (
+        lambda: ({"X-Telegram-Bot-Api-Secret-Token": SECRET}, b"[871234501]"),
+        400,
+        "not an object",
+    ),
+    "no update_id": (
+        lambda: telegram_callback({"message": fixture("private_text")["message"]}, SECRET),
+        400,
+        "no update_id",
+    ),
 }
 
 
@@ -303,8 +346,14 @@ def http():
 
 def reply(text: str = "Canberra.", chat_id: int = 5123456789, message_id: int | None = 1365) -> OutboundReply:
     context = {"chat_id": chat_id, **({"message_id": message_id} if message_id else {})}
-    return OutboundReply(chat_id=str(chat_id), chat_type="p2p", sender_id=str(chat_id), text=text,
-                         reply_context=context, idempotency_key="sb-1-0")
+    return OutboundReply(
+        chat_id=str(chat_id),
+        chat_type="p2p",
+        sender_id=str(chat_id),
+        text=text,
+        reply_context=context,
+        idempotency_key="sb-1-0",
+    )
 
 
 def test_the_default_api_base_is_telegrams(make_telegram_bot):
@@ -316,10 +365,14 @@ def test_a_reply_quotes_the_question(telegram, sending_bot, http):
     [request] = telegram.received(r"/sendMessage$")
     assert request.path == f"/bot{TOKEN}/sendMessage"
     assert request.headers["content-type"] == "application/json"
-    assert request.json() == {"chat_id": 5123456789, "text": "Canberra — Канберра.",
-                              "reply_parameters": {"message_id": 1365, "allow_sending_without_reply": True}}
+    assert request.json() == {
+        "chat_id": 5123456789,
+        "text": "Canberra — Канберра.",
+        "reply_parameters": {"message_id": 1365, "allow_sending_without_reply": True},
+    }
     assert [(m["chat_id"], m["reply_to"], m["text"]) for m in telegram.sent] == [
-        (5123456789, 1365, "Canberra — Канберра.")]
+        (5123456789, 1365, "Canberra — Канберра.")
+    ]
 
 
 def test_without_a_message_to_quote_it_just_sends(telegram, sending_bot, http):
@@ -337,8 +390,10 @@ def test_429_is_transient_with_telegrams_retry_after(telegram, sending_bot, http
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault(500, {"ok": False, "error_code": 500, "description": "Internal Server Error"}),
-     Fault(502, "<html><body>502 Bad Gateway</body></html>")],
+    [
+        Fault(500, {"ok": False, "error_code": 500, "description": "Internal Server Error"}),
+        Fault(502, "<html><body>502 Bad Gateway</body></html>"),
+    ],
     ids=["bot api error", "proxy page"],
 )
 def test_server_errors_are_transient(telegram, sending_bot, http, fault):

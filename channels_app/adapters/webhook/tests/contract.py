@@ -27,12 +27,15 @@ class WebhookKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-webhook", platform="webhook", app_secret=SECRET,
+            name="contract-webhook",
+            platform="webhook",
+            app_secret=SECRET,
             extra={"outbound_url": fake_api_url + REPLY_PATH},
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # The integrator's retry repeats the message, signed anew with its own timestamp.
         timestamp = signed_at if signed_at is not None else int(time.time()) - 10 + delivery
         message = webhook_message(msg_id, CONVERSATION, USER, text)

@@ -51,8 +51,14 @@ def readme_block(language: str) -> str:
 @pytest.fixture
 def make_webhook_bot(make_bot):
     def make(**fields) -> Bot:
-        return make_bot(**{"platform": "webhook", "app_secret": SECRET,
-                           "extra": {"outbound_url": "http://127.0.0.1:9/replies"}, **fields})
+        return make_bot(
+            **{
+                "platform": "webhook",
+                "app_secret": SECRET,
+                "extra": {"outbound_url": "http://127.0.0.1:9/replies"},
+                **fields,
+            }
+        )
 
     return make
 
@@ -95,8 +101,9 @@ def test_the_readmes_shell_example_computes_our_signature():
     [line] = [line for line in readme_block("sh").splitlines() if line.startswith("SIG=")]
     body = json.dumps(fixture("message_p2p"), ensure_ascii=False)
     env = {"PATH": os.environ["PATH"], "SECRET": "sécret-42", "TS": "1732545119", "BODY": body}
-    shown = subprocess.run(["bash", "-c", f'{line}\nprintf %s "$SIG"'], env=env, capture_output=True, text=True,
-                           check=True).stdout
+    shown = subprocess.run(
+        ["bash", "-c", f'{line}\nprintf %s "$SIG"'], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert shown == sign("sécret-42", "1732545119", body.encode())
 
 
@@ -224,21 +231,29 @@ BAD_CORPUS = {
     "forged signature": (_forged, 401, "X-Switchboard-Signature does not match"),
     "another secret": (lambda: webhook_callback(fixture("message_p2p"), "not the secret"), 401, "does not match"),
     "body changed after signing": (_body_changed_after_signing, 401, "does not match"),
-    "signature without v1=": (lambda: ({**_signed()[0], "X-Switchboard-Signature": _signed()[0][
-        "X-Switchboard-Signature"].removeprefix("v1=")}, _signed()[1]), 401, "does not match"),
+    "signature without v1=": (
+        lambda: (
+            {**_signed()[0], "X-Switchboard-Signature": _signed()[0]["X-Switchboard-Signature"].removeprefix("v1=")},
+            _signed()[1],
+        ),
+        401,
+        "does not match",
+    ),
     "signature missing": (lambda: _without("X-Switchboard-Signature"), 401, "is missing"),
     "timestamp missing": (lambda: _without("X-Switchboard-Timestamp"), 401, "is missing"),
     "stale timestamp": (lambda: _signed(timestamp=int(time.time()) - 306), 401, "refused (stale_timestamp)"),
-    "timestamp from the future": (lambda: _signed(timestamp=int(time.time()) + 3600), 401,
-                                  "refused (stale_timestamp)"),
-    "timestamp in milliseconds": (lambda: _signed(timestamp=int(time.time() * 1000)), 400,
-                                  "not a number of seconds (it looks like milliseconds)"),
+    "timestamp from the future": (lambda: _signed(timestamp=int(time.time()) + 3600), 401, "refused (stale_timestamp)"),
+    "timestamp in milliseconds": (
+        lambda: _signed(timestamp=int(time.time() * 1000)),
+        400,
+        "not a number of seconds (it looks like milliseconds)",
+    ),
     "timestamp not a number": (lambda: _signed(timestamp="2024-11-25T14:00:00Z"), 400, "not a number of seconds"),
     "malformed json": (lambda: _signed(b'{"id": "m-1", '), 400, "the body is not JSON"),
     "json but not an object": (lambda: _signed(b'[{"id": "m-1"}]'), 400, "not an object"),
     "not utf-8": (lambda: _signed(b'{"id": "\xff"}'), 400, "the body is not JSON"),
     "no id": (lambda: _changed(id=None), 400, '"id" must be a non-empty string'),
-    "numeric id": (lambda: _changed(id=4711), 400, 'send numbers as strings'),
+    "numeric id": (lambda: _changed(id=4711), 400, "send numbers as strings"),
     "blank id": (lambda: _changed(id="  "), 400, '"id" must be a non-empty string'),
     "id too long": (lambda: _changed(id="x" * 201), 400, "at most 200"),
     "no conversation": (lambda: _changed(conversation=None), 400, '"conversation" must be'),
@@ -318,11 +333,23 @@ def http():
         yield client
 
 
-def reply(text: str = "A replacement is on its way.", key: str = "sb-0123456789ab-7-0", part: int = 1,
-          parts: int = 1, metadata: dict | None = None) -> OutboundReply:
-    return OutboundReply(chat_id="ticket-4711", chat_type="p2p", sender_id="customer-1093", text=text,
-                         reply_context={"message_id": "ticket-4711-comment-2", "metadata": metadata or {}},
-                         idempotency_key=key, part=part, parts=parts)
+def reply(
+    text: str = "A replacement is on its way.",
+    key: str = "sb-0123456789ab-7-0",
+    part: int = 1,
+    parts: int = 1,
+    metadata: dict | None = None,
+) -> OutboundReply:
+    return OutboundReply(
+        chat_id="ticket-4711",
+        chat_type="p2p",
+        sender_id="customer-1093",
+        text=text,
+        reply_context={"message_id": "ticket-4711-comment-2", "metadata": metadata or {}},
+        idempotency_key=key,
+        part=part,
+        parts=parts,
+    )
 
 
 def send(bot: Bot, outbound: OutboundReply, http: httpx.Client) -> None:
@@ -330,8 +357,16 @@ def send(bot: Bot, outbound: OutboundReply, http: httpx.Client) -> None:
 
 
 def test_a_reply_is_posted_signed_with_the_documented_fields(receiver, sending_bot, http):
-    send(sending_bot, reply("Ein Ersatz ist unterwegs — 替换件已寄出 ✓", part=2, parts=3,
-                            metadata={"ticket_url": "https://helpdesk.example.com/tickets/4711"}), http)
+    send(
+        sending_bot,
+        reply(
+            "Ein Ersatz ist unterwegs — 替换件已寄出 ✓",
+            part=2,
+            parts=3,
+            metadata={"ticket_url": "https://helpdesk.example.com/tickets/4711"},
+        ),
+        http,
+    )
     [request] = receiver.received(re.escape(REPLY_PATH))
     assert request.method == "POST"
     assert request.headers["content-type"] == "application/json; charset=utf-8"
@@ -339,10 +374,16 @@ def test_a_reply_is_posted_signed_with_the_documented_fields(receiver, sending_b
     assert request.headers["user-agent"] == "Switchboard-Webhook/1"
     assert abs(int(request.headers["x-switchboard-timestamp"]) - time.time()) < 5
     assert request.headers["x-switchboard-signature"] == switchboard_signature(
-        SECRET, request.headers["x-switchboard-timestamp"], request.body)
+        SECRET, request.headers["x-switchboard-timestamp"], request.body
+    )
     assert request.json() == {
-        "id": "sb-0123456789ab-7-0", "in_reply_to": "ticket-4711-comment-2", "conversation": "ticket-4711",
-        "user": "customer-1093", "text": "Ein Ersatz ist unterwegs — 替换件已寄出 ✓", "part": 2, "parts": 3,
+        "id": "sb-0123456789ab-7-0",
+        "in_reply_to": "ticket-4711-comment-2",
+        "conversation": "ticket-4711",
+        "user": "customer-1093",
+        "text": "Ein Ersatz ist unterwegs — 替换件已寄出 ✓",
+        "part": 2,
+        "parts": 3,
         "metadata": {"ticket_url": "https://helpdesk.example.com/tickets/4711"},
     }
     assert [r["text"] for r in receiver.delivered] == ["Ein Ersatz ist unterwegs — 替换件已寄出 ✓"]
@@ -396,8 +437,9 @@ def test_server_trouble_and_rate_limits_are_transient(receiver, sending_bot, htt
 
 
 def test_retry_after_as_an_http_date_is_honoured(receiver, sending_bot, http):
-    receiver.plan(re.escape(REPLY_PATH), Fault(429, {}, headers={"Retry-After": formatdate(time.time() + 60,
-                                                                                           usegmt=True)}))
+    receiver.plan(
+        re.escape(REPLY_PATH), Fault(429, {}, headers={"Retry-After": formatdate(time.time() + 60, usegmt=True)})
+    )
     with pytest.raises(TransportError) as error:
         send(sending_bot, reply(), http)
     assert error.value.permanent is False
@@ -438,8 +480,10 @@ def test_other_client_errors_are_permanent(receiver, sending_bot, http, status):
 def test_a_redirect_is_not_followed_and_is_permanent(receiver, sending_bot):
     receiver.plan(re.escape(REPLY_PATH), Fault(307, "", headers={"Location": receiver.url + "/elsewhere"}))
     # Even by a client that would follow it: the signed reply goes to the configured URL only.
-    with httpx.Client(timeout=2.0, follow_redirects=True) as following, \
-            pytest.raises(TransportError, match="redirects are not followed") as error:
+    with (
+        httpx.Client(timeout=2.0, follow_redirects=True) as following,
+        pytest.raises(TransportError, match="redirects are not followed") as error,
+    ):
         send(sending_bot, reply(), following)
     assert error.value.permanent is True
     assert [r.path for r in receiver.received()] == [REPLY_PATH]
@@ -479,18 +523,34 @@ def test_a_recorded_message_carries_what_send_needs(client, bot, receiver, http)
     assert deliver(client, bot, fixture("message_p2p")).status_code == 202
     row = rows(bot).get()
     bot.extra = {"outbound_url": receiver.outbound_url}
-    send(bot, OutboundReply(chat_id=row.chat_id, chat_type=row.chat_type, sender_id=row.sender_id, text="ok",
-                            reply_context=row.raw["reply_context"], idempotency_key="sb-k-1-0"), http)
+    send(
+        bot,
+        OutboundReply(
+            chat_id=row.chat_id,
+            chat_type=row.chat_type,
+            sender_id=row.sender_id,
+            text="ok",
+            reply_context=row.raw["reply_context"],
+            idempotency_key="sb-k-1-0",
+        ),
+        http,
+    )
     delivered = receiver.delivered[0]
     assert (delivered["in_reply_to"], delivered["conversation"], delivered["user"]) == (
-        "ticket-4711-comment-2", "ticket-4711", "customer-1093")
+        "ticket-4711-comment-2",
+        "ticket-4711",
+        "customer-1093",
+    )
     assert delivered["metadata"] == fixture("message_p2p")["metadata"]
     assert (delivered["part"], delivered["parts"]) == (1, 1)
 
 
 def test_the_receiver_fake_refuses_an_unsigned_reply(receiver):
     # The fake must be strict, or the tests above would prove nothing about our signature.
-    response = httpx.post(receiver.outbound_url, content=json.dumps(fixture("reply")).encode(),
-                          headers={"Idempotency-Key": fixture("reply")["id"]})
+    response = httpx.post(
+        receiver.outbound_url,
+        content=json.dumps(fixture("reply")).encode(),
+        headers={"Idempotency-Key": fixture("reply")["id"]},
+    )
     assert response.status_code == 401
     assert receiver.delivered == []

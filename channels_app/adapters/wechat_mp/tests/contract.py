@@ -35,13 +35,19 @@ class WeChatMPKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-wechat-mp", platform="wechat_mp", app_id=DEFAULT_APP_ID, app_secret=DEFAULT_APP_SECRET,
-            token=TOKEN, encoding_aes_key=AES_KEY, extra={"customer_service_api": True},
+            name="contract-wechat-mp",
+            platform="wechat_mp",
+            app_id=DEFAULT_APP_ID,
+            app_secret=DEFAULT_APP_SECRET,
+            token=TOKEN,
+            encoding_aes_key=AES_KEY,
+            extra={"customer_service_api": True},
             api_base_url=fake_api_url,
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # Every delivery is encrypted anew under a fresh nonce.
         return self._post(bot, msg_id, text, signed_at, nonce=None)
 
@@ -64,8 +70,13 @@ class WeChatMPKit(ContractKit):
         # msg_signature is what covers the ciphertext in safe mode.
         params = request.query
         params["msg_signature"] = flip(params["msg_signature"])
-        return Request(request.method, f"{request.path.split('?')[0]}?{urlencode(params)}", request.body,
-                       request.content_type, request.headers)
+        return Request(
+            request.method,
+            f"{request.path.split('?')[0]}?{urlencode(params)}",
+            request.body,
+            request.content_type,
+            request.headers,
+        )
 
     def handshake(self, bot: Bot) -> Handshake:
         def check(response) -> None:

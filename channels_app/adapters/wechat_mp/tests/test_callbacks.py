@@ -59,8 +59,12 @@ def test_the_registry_serves_wechat_mp_with_this_adapter(make_mp_bot):
 # -- URL verification (GET) ----------------------------------------------------------------
 
 # wechatpy's published check_signature vector.
-WECHATPY = {"token": "test", "timestamp": "1410685589", "nonce": "test",
-            "signature": "f21891de399b4e33a1a93c9a7b8a8fffb5a443ff"}
+WECHATPY = {
+    "token": "test",
+    "timestamp": "1410685589",
+    "nonce": "test",
+    "signature": "f21891de399b4e33a1a93c9a7b8a8fffb5a443ff",
+}
 
 
 def test_url_signature_matches_the_published_vector():
@@ -71,8 +75,14 @@ def test_url_signature_matches_the_published_vector():
 def test_url_verification_vector_answers_the_echostr_unchanged(client, make_mp_bot, settings, mode):
     settings.CALLBACK_TIMESTAMP_WINDOW = 10**10  # the vector is from 2014
     bot = make_mp_bot(mode, token=WECHATPY["token"])
-    query = urlencode({"signature": WECHATPY["signature"], "echostr": "7392416380139218542",
-                       "timestamp": WECHATPY["timestamp"], "nonce": WECHATPY["nonce"]})
+    query = urlencode(
+        {
+            "signature": WECHATPY["signature"],
+            "echostr": "7392416380139218542",
+            "timestamp": WECHATPY["timestamp"],
+            "nonce": WECHATPY["nonce"],
+        }
+    )
 
     response = client.get(f"{bot.callback_path}?{query}")
 
@@ -121,7 +131,10 @@ def test_a_text_message_is_recorded_and_answered_success(client, cs_bot, mode):
     assert row.text == "今天上海天气怎么样？" and row.mentioned is True
     assert row.status == MessageStatus.RECEIVED
     assert row.raw["reply_context"] == {
-        "openid": OPENID, "msgid": "24587600000000011", "question": "今天上海天气怎么样？"}
+        "openid": OPENID,
+        "msgid": "24587600000000011",
+        "question": "今天上海天气怎么样？",
+    }
     assert row.raw["event"]["ToUserName"] == ACCOUNT
 
 
@@ -143,23 +156,36 @@ def test_published_message_vectors_through_the_view(client, cs_bot, settings, si
     # ciphertext, and its plaintext (v16's sample body is compatible mode).
     signed, decrypted = vector(signed_id)["inputs"], vector(decrypt_id)
     settings.CALLBACK_TIMESTAMP_WINDOW = 10**10
-    bot = cs_bot(app_id=decrypted["expected"]["receiveid"], token=signed["token"],
-                 encoding_aes_key=decrypted["inputs"]["encoding_aes_key"])
+    bot = cs_bot(
+        app_id=decrypted["expected"]["receiveid"],
+        token=signed["token"],
+        encoding_aes_key=decrypted["inputs"]["encoding_aes_key"],
+    )
     assert signed["encrypt"] == decrypted["inputs"]["encrypt"]
     expected_xml = decrypted["expected"]["msg"]
     plain_fields = expected_xml.split("\n", 1)[1].rsplit("</xml>", 1)[0] if compatible else ""
-    query = urlencode({"signature": url_signature(signed["token"], signed["timestamp"], signed["nonce"]),
-                       "timestamp": signed["timestamp"], "nonce": signed["nonce"], "encrypt_type": "aes",
-                       "msg_signature": vector(signed_id)["expected"]["msg_signature"]})
-    body = (f"<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n{plain_fields}"
-            f"<Encrypt><![CDATA[{signed['encrypt']}]]></Encrypt>\n</xml>")
+    query = urlencode(
+        {
+            "signature": url_signature(signed["token"], signed["timestamp"], signed["nonce"]),
+            "timestamp": signed["timestamp"],
+            "nonce": signed["nonce"],
+            "encrypt_type": "aes",
+            "msg_signature": vector(signed_id)["expected"]["msg_signature"],
+        }
+    )
+    body = (
+        f"<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n{plain_fields}"
+        f"<Encrypt><![CDATA[{signed['encrypt']}]]></Encrypt>\n</xml>"
+    )
 
     response = post(client, bot, query, body.encode())
 
     assert (response.status_code, response.content) == (200, b"success")
     row = InboundMessage.objects.get()
-    expected = {"v16": ("6054768590064713728", "oyORnuP8q7ou2gfYjqLzSIWZf0rs", "abcdteT"),
-                "v18": ("6057404712141979648", "oyORnuP8q7ou2gfYjqLzSIWZf0rs", "abcdteT")}[decrypt_id]
+    expected = {
+        "v16": ("6054768590064713728", "oyORnuP8q7ou2gfYjqLzSIWZf0rs", "abcdteT"),
+        "v18": ("6057404712141979648", "oyORnuP8q7ou2gfYjqLzSIWZf0rs", "abcdteT"),
+    }[decrypt_id]
     assert (row.platform_message_id, row.sender_id, row.text) == expected
 
 
@@ -168,19 +194,29 @@ def test_passive_replies_are_sealed_as_the_published_vectors(make_mp_bot, vector
     inputs, expected = vector(vector_id)["inputs"], vector(vector_id)["expected"]
     bot = make_mp_bot(app_id=inputs["receiveid"], encoding_aes_key=inputs["encoding_aes_key"], token="pamtest")
 
-    envelope = WeChatMPAdapter(bot).seal_reply(inputs["msg"], "1409304348", "xxxxxx",
-                                               random16=inputs["random"].encode())
+    envelope = WeChatMPAdapter(bot).seal_reply(
+        inputs["msg"], "1409304348", "xxxxxx", random16=inputs["random"].encode()
+    )
 
     fields = {child.tag: child.text for child in SafeET.fromstring(envelope)}
-    assert fields == {"Encrypt": expected["encrypt"], "TimeStamp": "1409304348", "Nonce": "xxxxxx",
-                      "MsgSignature": signature("pamtest", "1409304348", "xxxxxx", expected["encrypt"])}
+    assert fields == {
+        "Encrypt": expected["encrypt"],
+        "TimeStamp": "1409304348",
+        "Nonce": "xxxxxx",
+        "MsgSignature": signature("pamtest", "1409304348", "xxxxxx", expected["encrypt"]),
+    }
 
 
 @pytest.mark.parametrize("mode", ["plain", "safe"])
 @pytest.mark.parametrize(
     ("fixture_name", "recorded"),
-    [("text_message.xml", True), ("subscribe_event.xml", False), ("click_event.xml", False),
-     ("image_message.xml", False), ("voice_message.xml", False)],
+    [
+        ("text_message.xml", True),
+        ("subscribe_event.xml", False),
+        ("click_event.xml", False),
+        ("image_message.xml", False),
+        ("voice_message.xml", False),
+    ],
 )
 def test_fixtures(client, cs_bot, mode, fixture_name, recorded):
     delivery = deliver(client, cs_bot(mode), mode, fixture(fixture_name))
@@ -328,8 +364,17 @@ def test_a_text_message_without_its_ids(client, cs_bot, mode, field):
     assert_refused(post(client, cs_bot(mode), *callback(mode, xml)), 400)
 
 
-@pytest.mark.parametrize(("mode", "missing"), [("plain", "signature"), ("plain", "timestamp"), ("plain", "nonce"),
-                                               ("safe", "msg_signature"), ("safe", "timestamp"), ("safe", "nonce")])
+@pytest.mark.parametrize(
+    ("mode", "missing"),
+    [
+        ("plain", "signature"),
+        ("plain", "timestamp"),
+        ("plain", "nonce"),
+        ("safe", "msg_signature"),
+        ("safe", "timestamp"),
+        ("safe", "nonce"),
+    ],
+)
 def test_missing_query_parameter(client, cs_bot, mode, missing):
     query, body = callback(mode, text_xml())
     query = "&".join(pair for pair in query.split("&") if not pair.startswith(f"{missing}="))
@@ -369,8 +414,9 @@ def test_oversized_body(client, cs_bot, settings):
 def test_unknown_bot(client, cs_bot):
     cs_bot()
     query, body = callback("safe", text_xml())
-    response = client.post(f"/callback/wechat_mp/00000000-0000-4000-8000-000000000000/?{query}", data=body,
-                           content_type="text/xml")
+    response = client.post(
+        f"/callback/wechat_mp/00000000-0000-4000-8000-000000000000/?{query}", data=body, content_type="text/xml"
+    )
     assert_refused(response, 404)
 
 

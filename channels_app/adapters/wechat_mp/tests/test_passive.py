@@ -44,9 +44,14 @@ def bot(make_mp_bot):
 def queue(bot, msgid: int, text: str, openid: str = OPENID, question: str = "", index: int = 0) -> None:
     """What the dialog task does with one reply part in passive mode: adapter.send()."""
     WeChatMPAdapter(bot).send(
-        OutboundReply(chat_id=openid, chat_type="p2p", sender_id=openid, text=text,
-                      reply_context={"openid": openid, "msgid": str(msgid), "question": question},
-                      idempotency_key=f"sb-test-{msgid}-{index}"),
+        OutboundReply(
+            chat_id=openid,
+            chat_type="p2p",
+            sender_id=openid,
+            text=text,
+            reply_context={"openid": openid, "msgid": str(msgid), "question": question},
+            idempotency_key=f"sb-test-{msgid}-{index}",
+        ),
         http=None,
     )
 
@@ -220,7 +225,8 @@ def test_answers_do_not_cross_users(client, bot):
     queue(bot, C, "新回答", openid=OTHER_USER)  # too late for this delivery
     assert other.body == b""
     assert content(deliver(client, bot, "safe", text_xml("我的新问题", C, openid=OTHER_USER))) == (
-        f"{earlier('别人的问题')}给第一个人的{SEPARATOR}新回答")
+        f"{earlier('别人的问题')}给第一个人的{SEPARATOR}新回答"
+    )
 
 
 def test_the_answer_of_a_message_wechat_still_holds_is_left_to_it(client, bot):
@@ -239,7 +245,8 @@ def test_the_parts_of_one_answer_stay_together(client, bot):
     queue(bot, A, "A2", question="A?", index=1)
     queue(bot, C, "C!")
     assert content(deliver(client, bot, "safe", text_xml("C?", C))) == SEPARATOR.join(
-        [f"{earlier('A?')}A1", "A2", f"{earlier('B?')}B!", "C!"])
+        [f"{earlier('A?')}A1", "A2", f"{earlier('B?')}B!", "C!"]
+    )
 
 
 def test_a_retried_send_is_queued_once(client, bot):
@@ -342,11 +349,15 @@ def test_redis_down_answers_success_and_keeps_the_row(client, bot, monkeypatch):
 
 def test_a_part_without_a_msgid_cannot_be_queued(bot):
     with pytest.raises(TransportError) as caught:
-        WeChatMPAdapter(bot).send(OutboundReply(chat_id=OPENID, chat_type="p2p", sender_id=OPENID, text="x",
-                                                reply_context={}, idempotency_key="k"), http=None)
+        WeChatMPAdapter(bot).send(
+            OutboundReply(
+                chat_id=OPENID, chat_type="p2p", sender_id=OPENID, text="x", reply_context={}, idempotency_key="k"
+            ),
+            http=None,
+        )
     assert caught.value.permanent is True
 
 
 def test_queued_parts_round_trip():
-    part = QueuedPart(id="sb-1-2-0", msgid="1", text="中文 \"quoted\" ]]>", question="问")
+    part = QueuedPart(id="sb-1-2-0", msgid="1", text='中文 "quoted" ]]>', question="问")
     assert QueuedPart.decode(part.encode().encode()) == part

@@ -35,8 +35,14 @@ def bot(make_mp_bot, fake):
 
 
 def reply(text: str = "你好！有什么可以帮你？", openid: str = OPENID) -> OutboundReply:
-    return OutboundReply(chat_id=openid, chat_type="p2p", sender_id=openid, text=text,
-                         reply_context={"openid": openid, "msgid": "1", "question": "你好"}, idempotency_key="k:0")
+    return OutboundReply(
+        chat_id=openid,
+        chat_type="p2p",
+        sender_id=openid,
+        text=text,
+        reply_context={"openid": openid, "msgid": "1", "question": "你好"},
+        idempotency_key="k:0",
+    )
 
 
 def refused(bot, http, text: str = "hi") -> TransportError:
@@ -134,8 +140,12 @@ def test_http_errors(bot, fake, http, status, permanent):
 
 @pytest.mark.parametrize(
     "body",
-    [pytest.param("<html>gateway</html>", id="not-json"), pytest.param({"msgid": 1}, id="no-errcode"),
-     pytest.param({"errcode": "0"}, id="errcode-not-a-number"), pytest.param([0], id="not-an-object")],
+    [
+        pytest.param("<html>gateway</html>", id="not-json"),
+        pytest.param({"msgid": 1}, id="no-errcode"),
+        pytest.param({"errcode": "0"}, id="errcode-not-a-number"),
+        pytest.param([0], id="not-an-object"),
+    ],
 )
 def test_an_answer_that_is_not_wechat_is_not_taken_as_delivered(bot, fake, http, body):
     fake.plan(r"/message/custom/send", Fault(200, body))

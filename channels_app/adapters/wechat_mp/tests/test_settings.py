@@ -15,8 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 
 def load_settings(**env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "import config.settings"], cwd=REPO_ROOT, capture_output=True, text=True,
-        env={**os.environ, **env}, timeout=60,
+        [sys.executable, "-c", "import config.settings"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
     )
 
 

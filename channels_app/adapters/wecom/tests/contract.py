@@ -34,12 +34,19 @@ class WeComKit(ContractKit):
 
     def make_bot(self, fake_api_url: str) -> Bot:
         return Bot.objects.create(
-            name="contract-wecom", platform="wecom", app_id=DEFAULT_CORP_ID, app_secret=DEFAULT_CORP_SECRET,
-            token=TOKEN, encoding_aes_key=AES_KEY, extra={"agent_id": AGENT_ID}, api_base_url=fake_api_url,
+            name="contract-wecom",
+            platform="wecom",
+            app_id=DEFAULT_CORP_ID,
+            app_secret=DEFAULT_CORP_SECRET,
+            token=TOKEN,
+            encoding_aes_key=AES_KEY,
+            extra={"agent_id": AGENT_ID},
+            api_base_url=fake_api_url,
         )
 
-    def text_message(self, bot: Bot, msg_id: str, text: str, delivery: int = 1,
-                     signed_at: int | None = None) -> Request:
+    def text_message(
+        self, bot: Bot, msg_id: str, text: str, delivery: int = 1, signed_at: int | None = None
+    ) -> Request:
         # Every delivery gets a fresh nonce from the builder.
         return self._post(bot, msg_id, text, signed_at, nonce=None)
 
@@ -55,15 +62,21 @@ class WeComKit(ContractKit):
 
     @staticmethod
     def _post(bot: Bot, msg_id: str, text: str, signed_at: int | None, nonce: str | None) -> Request:
-        query, body = wecom_callback(bot, wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID), signed_at,
-                                     nonce)
+        query, body = wecom_callback(
+            bot, wecom_text_xml(DEFAULT_CORP_ID, USER, text, msg_id, AGENT_ID), signed_at, nonce
+        )
         return Request("POST", f"{bot.callback_path}?{query}", body, "text/xml")
 
     def forge(self, request: Request) -> Request:
         params = request.query
         params["msg_signature"] = flip(params["msg_signature"])
-        return Request(request.method, f"{request.path.split('?')[0]}?{urlencode(params)}", request.body,
-                       request.content_type, request.headers)
+        return Request(
+            request.method,
+            f"{request.path.split('?')[0]}?{urlencode(params)}",
+            request.body,
+            request.content_type,
+            request.headers,
+        )
 
     def handshake(self, bot: Bot) -> Handshake:
         def check(response) -> None:

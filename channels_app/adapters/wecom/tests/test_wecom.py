@@ -40,8 +40,9 @@ def fixture(name: str) -> str:
 
 @pytest.fixture
 def bot(make_bot):
-    return make_bot(app_id=CORP_ID, app_secret=SECRET, token=TOKEN, encoding_aes_key=AES_KEY,
-                    extra={"agent_id": AGENT_ID})
+    return make_bot(
+        app_id=CORP_ID, app_secret=SECRET, token=TOKEN, encoding_aes_key=AES_KEY, extra={"agent_id": AGENT_ID}
+    )
 
 
 def creds(**changes) -> SimpleNamespace:
@@ -180,20 +181,31 @@ def test_published_message_vectors_through_the_view(client, make_bot, settings, 
     # Each pair is one real callback: the signature over a ciphertext and its plaintext.
     signed, decrypted = vector(signed_id)["inputs"], vector(decrypt_id)
     settings.CALLBACK_TIMESTAMP_WINDOW = 10**10
-    bot = make_bot(app_id=decrypted["expected"]["receiveid"], token=signed["token"],
-                   encoding_aes_key=decrypted["inputs"]["encoding_aes_key"])
+    bot = make_bot(
+        app_id=decrypted["expected"]["receiveid"],
+        token=signed["token"],
+        encoding_aes_key=decrypted["inputs"]["encoding_aes_key"],
+    )
     assert signed["encrypt"] == decrypted["inputs"]["encrypt"]
-    query = urlencode({"msg_signature": vector(signed_id)["expected"]["msg_signature"],
-                       "timestamp": signed["timestamp"], "nonce": signed["nonce"]})
-    body = (f"<xml><ToUserName><![CDATA[{bot.app_id}]]></ToUserName>"
-            f"<Encrypt><![CDATA[{signed['encrypt']}]]></Encrypt></xml>")
+    query = urlencode(
+        {
+            "msg_signature": vector(signed_id)["expected"]["msg_signature"],
+            "timestamp": signed["timestamp"],
+            "nonce": signed["nonce"],
+        }
+    )
+    body = (
+        f"<xml><ToUserName><![CDATA[{bot.app_id}]]></ToUserName>"
+        f"<Encrypt><![CDATA[{signed['encrypt']}]]></Encrypt></xml>"
+    )
 
     response = post(client, bot, query, body.encode())
 
     assert (response.status_code, response.content) == (200, b"")
     row = InboundMessage.objects.get()
-    expected = {"v03": ("4561255354251345929", "mycreate", "hello"),
-                "v06": ("1456453720", "ChenJiaShun", "你好")}[decrypt_id]
+    expected = {"v03": ("4561255354251345929", "mycreate", "hello"), "v06": ("1456453720", "ChenJiaShun", "你好")}[
+        decrypt_id
+    ]
     assert (row.platform_message_id, row.sender_id, row.text) == expected
 
 
@@ -289,7 +301,7 @@ XXE = '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/pass
 @pytest.mark.parametrize("prolog", [BILLION_LAUGHS, XXE], ids=["billion-laughs", "xxe"])
 def test_entity_tricks_in_the_body(client, bot, prolog):
     query, body = wecom_callback(creds(), text_xml())
-    body = (prolog + body.decode().replace("<Encrypt>", "<Encrypt>&lol3;" if "lol" in prolog else "<Encrypt>&xxe;"))
+    body = prolog + body.decode().replace("<Encrypt>", "<Encrypt>&lol3;" if "lol" in prolog else "<Encrypt>&xxe;")
     assert_refused(post(client, bot, query, body.encode()), 400)
 
 
@@ -331,8 +343,9 @@ def test_oversized_body(client, bot, settings):
 
 def test_unknown_bot(client, bot):
     query, body = wecom_callback(creds(), text_xml())
-    response = client.post(f"/callback/wecom/00000000-0000-4000-8000-000000000000/?{query}", data=body,
-                           content_type="text/xml")
+    response = client.post(
+        f"/callback/wecom/00000000-0000-4000-8000-000000000000/?{query}", data=body, content_type="text/xml"
+    )
     assert_refused(response, 404)
 
 
@@ -356,8 +369,9 @@ def test_a_bot_with_an_unusable_key_refuses_with_a_reason(client, make_bot, capl
 
 def test_a_refused_request_does_not_burn_its_nonce(client, bot):
     # WeCom retries with the same query; a first failure must not make the retry a replay.
-    query, body = wecom_callback(creds(), text_xml().replace("<MsgId>7385000000000000042</MsgId>\n", ""),
-                                 nonce="424242")
+    query, body = wecom_callback(
+        creds(), text_xml().replace("<MsgId>7385000000000000042</MsgId>\n", ""), nonce="424242"
+    )
     assert post(client, bot, query, body).status_code == 400
     assert post(client, bot, *wecom_callback(creds(), text_xml(), nonce="424242")).status_code == 200
 
@@ -385,15 +399,29 @@ def sending_bot(bot, fake):
 
 
 def reply(text: str = "你好！有什么可以帮你？", touser: str = USER) -> OutboundReply:
-    return OutboundReply(chat_id=touser, chat_type="p2p", sender_id=touser, text=text,
-                         reply_context={"touser": touser, "agent_id": str(AGENT_ID)}, idempotency_key="1:0")
+    return OutboundReply(
+        chat_id=touser,
+        chat_type="p2p",
+        sender_id=touser,
+        text=text,
+        reply_context={"touser": touser, "agent_id": str(AGENT_ID)},
+        idempotency_key="1:0",
+    )
 
 
 def test_send_speaks_the_wecom_wire_format(sending_bot, fake, http):
     WeComAdapter(sending_bot).send(reply("hi there"), http)
 
-    assert fake.sent == [{"touser": USER, "msgtype": "text", "agentid": AGENT_ID, "text": {"content": "hi there"},
-                          "enable_duplicate_check": 1, "duplicate_check_interval": 1800}]
+    assert fake.sent == [
+        {
+            "touser": USER,
+            "msgtype": "text",
+            "agentid": AGENT_ID,
+            "text": {"content": "hi there"},
+            "enable_duplicate_check": 1,
+            "duplicate_check_interval": 1800,
+        }
+    ]
     (token_request,) = fake.received(r"/cgi-bin/gettoken")
     assert token_request.method == "GET"
     assert token_request.query == {"corpid": [CORP_ID], "corpsecret": [SECRET]}
