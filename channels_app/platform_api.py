@@ -4,7 +4,7 @@ Every way a send can fail becomes a TransportError once, here:
 
 - httpx errors are not permanent, and keep the httpx exception as `__cause__`: the outbox
   tells a send whose answer was lost (a read timeout, a server that hung up) from one that
-  never left (a refused connection) by it (routing.tasks.OUTCOME_UNKNOWN);
+  never left (a refused connection) by it (channels_app.tasks.OUTCOME_UNKNOWN);
 - an HTTP 5xx, or a status an adapter declares transient (429 everywhere), is retried,
   after the answer's Retry-After (seconds or an HTTP date) where it has one;
 - the platform's own codes are looked up in the adapter's ErrorTable: which clear by
