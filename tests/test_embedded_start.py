@@ -24,7 +24,13 @@ import pytest
 import redis
 
 from tests.fakes.model import FakeModel
-from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom, wecom_callback, wecom_text_xml
+from tests.fakes.wecom import (
+    DEFAULT_CORP_ID,
+    FakeWeCom,
+    wecom_bot_config,
+    wecom_callback,
+    wecom_text_xml,
+)
 from tests.ops.conftest import tool
 from tests.processes import REPO_ROOT, free_port, group_members, process_env, start_group, stop_group, wait_until
 from tests.slow_clients import assert_answered_while_held, passive_bot_config
@@ -242,18 +248,7 @@ def test_slow_clients_and_waiting_wechat_users_do_not_stall_a_callback(started):
                 {"name": "slow", "kind": "openai", "base_url": f"{slow_model.url}/v1", "model": "m1", "timeout": 30},
             ],
             "bots": [
-                {
-                    "name": "helpdesk",
-                    "platform": "wecom",
-                    "uuid": str(bot.uuid),
-                    "app_id": DEFAULT_CORP_ID,
-                    "app_secret": DEFAULT_CORP_SECRET,
-                    "token": bot.token,
-                    "encoding_aes_key": bot.encoding_aes_key,
-                    "api_base_url": wecom.url,
-                    "extra": {"agent_id": 1000002},
-                    "default_backend": "quick",
-                },
+                wecom_bot_config(bot, wecom.url, "quick"),
                 passive_bot_config("slow"),
             ],
         }

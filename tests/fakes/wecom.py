@@ -190,6 +190,23 @@ class CallbackCredentials(Protocol):
     encoding_aes_key: str
 
 
+def wecom_bot_config(bot: CallbackCredentials, api_base_url: str, backend: str, agent_id: int = 1000002) -> dict:
+    """The config-as-code entry (import_config) of a WeCom bot named helpdesk that sends to
+    the fake at api_base_url, with `bot`'s uuid, Token and EncodingAESKey."""
+    return {
+        "name": "helpdesk",
+        "platform": "wecom",
+        "uuid": str(bot.uuid),
+        "app_id": DEFAULT_CORP_ID,
+        "app_secret": DEFAULT_CORP_SECRET,
+        "token": bot.token,
+        "encoding_aes_key": bot.encoding_aes_key,
+        "api_base_url": api_base_url,
+        "extra": {"agent_id": agent_id},
+        "default_backend": backend,
+    }
+
+
 def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 

@@ -23,7 +23,13 @@ import pytest
 import redis
 
 from tests.fakes.model import FakeModel
-from tests.fakes.wecom import DEFAULT_CORP_ID, DEFAULT_CORP_SECRET, FakeWeCom, wecom_callback, wecom_text_xml
+from tests.fakes.wecom import (
+    DEFAULT_CORP_ID,
+    FakeWeCom,
+    wecom_bot_config,
+    wecom_callback,
+    wecom_text_xml,
+)
 from tests.ops.conftest import tool
 from tests.processes import REPO_ROOT, free_port, group_members, process_env, wait_until
 from tests.slow_clients import assert_answered_while_held, passive_bot_config
@@ -268,22 +274,7 @@ def deployed(tmp_path_factory):
         deployment = Deployment(
             root, name, ports["port"], ports["gunicorn"], ports["https"], ports["http"], wecom, bot, first
         )
-        config = {
-            "bots": [
-                {
-                    "name": "helpdesk",
-                    "platform": "wecom",
-                    "uuid": str(bot.uuid),
-                    "app_id": DEFAULT_CORP_ID,
-                    "app_secret": DEFAULT_CORP_SECRET,
-                    "token": bot.token,
-                    "encoding_aes_key": bot.encoding_aes_key,
-                    "api_base_url": wecom.url,
-                    "extra": {"agent_id": 1000002},
-                    "default_backend": "cloud",
-                }
-            ]
-        }
+        config = {"bots": [wecom_bot_config(bot, wecom.url, "cloud")]}
         imported = deployment.bin("switchboard-manage", "import_config", "-", stdin=json.dumps(config))
         assert imported.returncode == 0, imported.stdout + imported.stderr
         started_pids.update(deployment.services())
